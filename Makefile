@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (train, sample, score on Fashion-MNIST) and `make test`.
+# Both create the virtualenv, install progflow and make sure Fashion-MNIST is present.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test install data bench-speed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# the CPU build of torch; a looser pin would pull a multi-GB CUDA build
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[plot,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+data:
+	@bash scripts/ensure-data.sh
+
+demo: install data
+	$(VENV)/bin/progflow demo
+
+test: install data
+	$(VENV)/bin/pytest -q
+
+bench-speed: install data
+	$(VENV)/bin/progflow bench speed
+
+clean:
+	rm -rf $(VENV) *.egg-info

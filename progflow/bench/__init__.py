@@ -1,0 +1,67 @@
+"""Benchmarks (not tests): each writes a JSON result with command, machine, date and seed
+under ``benchmarks/results/`` (and plots where they help)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+KINDS = ("speed", "quality")
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def result_header(seed: int) -> dict:
+    return {"command": " ".join(["progflow"] + sys.argv[1:]), "machine": machine_info(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seed": seed}
+
+
+def write_result(result: dict, path: Path) -> Path:
+    from progflow.checkpoint import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def add_bench_arguments(p) -> None:
+    p.add_argument("kind", choices=KINDS, help="speed: training/sampling throughput vs matmul peak; "
+                   "quality: base vs DFM at equal training compute")
+    p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON (and plots) go")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--presets", nargs="+", help="presets to measure (speed: default fmnist-base-xs fmnist-base-s)")
+    p.add_argument("--steps", type=int, help="timed training steps (speed) / training steps per model (quality)")
+    p.add_argument("--n", type=int, help="samples per FD (quality; default 2000)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (quality)")
+    p.add_argument("--cfg-scales", type=float, nargs="+", help="guidance scales to score (quality)")
+    p.add_argument("--eval-every", type=int, help="steps between FD points for the FD-vs-step curve (quality)")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")
+    p.add_argument("--data-dir")
+
+
+def run_benchmark(kind: str, args) -> None:
+    if kind == "speed":
+        from progflow.bench.speed import run_speed
+
+        run_speed(args)
+    else:
+        from progflow.bench.quality import run_quality
+
+        run_quality(args)

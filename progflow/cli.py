@@ -1,0 +1,219 @@
+"""``progflow`` command line. Every flag is a field of a config or an argument of the
+Python function the command calls (``train``, ``sample_run``, ``evaluate_npz``, ...).
+
+Bad input ends with one line ``progflow: error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from progflow.config import TrainConfig, parse_override
+from progflow.errors import ProgflowError
+
+_SCALAR_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per top-level scalar field of TrainConfig (``--batch-size`` -> batch_size)."""
+    for f in fields(TrainConfig):
+        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "preset":
+            continue
+        if t == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(TrainConfig.{f.name}; default {f.default})")
+        elif t in _SCALAR_TYPES:
+            p.add_argument(flag, dest=f.name, type=_SCALAR_TYPES[t], default=None, metavar=t.upper(),
+                           help=f"(TrainConfig.{f.name}; default from the preset, else {f.default})")
+
+
+def _config_from_args(args) -> TrainConfig:
+    from progflow.presets import preset_config
+
+    top = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.config:
+        try:
+            base = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except FileNotFoundError:
+            raise ProgflowError(f"config file {args.config} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ProgflowError(f"config file {args.config} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    elif args.resume and not args.preset and (Path(args.out) / "config.json").exists():
+        from progflow.train import load_run_config
+
+        base = load_run_config(Path(args.out))
+    else:
+        base = preset_config(args.preset or "fmnist-base-s")
+    overrides = dict(parse_override(s) for s in args.set or [])
+    if args.data_dir:
+        overrides["data.data_dir"] = args.data_dir
+    for k, v in top.items():
+        overrides[k] = v
+    return base.with_overrides(overrides) if overrides else base
+
+
+def cmd_train(args) -> None:
+    from progflow.train import train
+
+    cfg = _config_from_args(args)
+    out = Path(args.out or f"runs/{cfg.preset or 'run'}")
+    last = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps({"run": str(out), "checkpoint": str(last)}))
+
+
+def cmd_sample(args) -> None:
+    from progflow.sampling import sample_run
+
+    summary = sample_run(args.run_dir, n=args.n, out=args.out, seed=args.seed, nfe=args.nfe, cfg_scale=args.cfg,
+                         cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
+                         batch_size=args.batch_size, step=args.step, ema=not args.raw, previews=args.previews,
+                         progress=not args.no_progress, device=args.device)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_eval(args) -> None:
+    from progflow.eval import evaluate_npz, get_extractor
+
+    extractor = get_extractor(args.features, data_dir=args.data_dir, seed=args.classifier_seed)
+    print(json.dumps(evaluate_npz(args.file, extractor=extractor, data_dir=args.data_dir), indent=2))
+
+
+def cmd_build_classifier(args) -> None:
+    from progflow.eval import build_fmnist_classifier
+
+    path, acc = build_fmnist_classifier(data_dir=args.data_dir, seed=args.seed, out=args.out, epochs=args.epochs)
+    print(json.dumps({"classifier": str(path), "test_accuracy": acc}))
+
+
+def cmd_info(args) -> None:
+    from progflow.info import model_info
+    from progflow.presets import PRESETS, preset_config
+
+    target = args.run_or_preset
+    if Path(target).is_dir():
+        from progflow.train import load_run_config
+
+        cfg = load_run_config(Path(target))
+    else:
+        cfg = preset_config(target)
+    print(json.dumps(model_info(cfg), indent=2))
+
+
+def cmd_presets(args) -> None:
+    from progflow.presets import preset_config, preset_names
+
+    for name in preset_names():
+        c = preset_config(name)
+        print(f"{name:18s} {c.method.name:5s} {c.data.dataset:14s} size={c.model.size} steps={c.steps} "
+              f"batch={c.batch_size}")
+
+
+def cmd_bench(args) -> None:
+    from progflow.bench import run_benchmark
+
+    run_benchmark(args.kind, args)
+
+
+def cmd_demo(args) -> None:
+    from progflow.demo import run_demo
+
+    run_demo(out=Path(args.out), steps=args.steps, n=args.n, nfe=args.nfe, cfg_scale=args.cfg, seed=args.seed,
+             data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="progflow", description="Progressive flow-matching generation: train, sample, "
+                                "score and benchmark flow-matching models (base, DFM) on images and video.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a preset", description="Train a model. Flags mirror "
+                       "TrainConfig; nested fields with --set (e.g. --set model.depth=4 --set method.stage_probs=[0.8,0.2]).")
+    t.add_argument("--preset", help="named preset (see `progflow presets`); default fmnist-base-s")
+    t.add_argument("--config", help="a TrainConfig JSON file (e.g. a run's config.json) instead of a preset")
+    t.add_argument("--out", help="run directory (default runs/PRESET)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its last checkpoint left off")
+    t.add_argument("--data-dir", help="dataset folder (default $PROGFLOW_DATA or /usr/share/datasets/fashion-mnist)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (YAML value)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample a trained run to an .npz + PNG grid")
+    s.add_argument("run_dir", help="run directory written by `progflow train`")
+    s.add_argument("--n", type=int, default=100, help="number of samples, class-balanced (default 100)")
+    s.add_argument("--nfe", type=int, help="backbone evaluations per sample (default: the method's, 40)")
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none; default from the run)")
+    s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="apply guidance only for t in [LO, HI]")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="output .npz (default RUN_DIR/samples.npz); the grid PNG is written beside it")
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--previews", action="store_true", help="also write coarse-to-fine preview strips per sample (DFM)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="score an .npz of samples: FD, precision/recall, class accuracy (JSON)")
+    e.add_argument("file", help=".npz with `images` uint8 (N, H, W, C) and optional `labels`")
+    e.add_argument("--features", default="fmnist-classifier",
+                   help="feature extractor: fmnist-classifier (default) or python:module:factory")
+    e.add_argument("--classifier-seed", type=int, default=0)
+    e.add_argument("--data-dir")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("build-classifier", help="train and cache the Fashion-MNIST feature classifier")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--epochs", type=int, default=2)
+    b.add_argument("--out", help="where to write it (default: the cache, $PROGFLOW_CACHE or ~/.cache/progflow)")
+    b.add_argument("--data-dir")
+    b.set_defaults(func=cmd_build_classifier)
+
+    i = sub.add_parser("info", help="parameters and FLOPs of a run or preset, against the matching DiT")
+    i.add_argument("run_or_preset")
+    i.set_defaults(func=cmd_info)
+
+    pr = sub.add_parser("presets", help="list the named presets")
+    pr.set_defaults(func=cmd_presets)
+
+    bench = sub.add_parser("bench", help="benchmarks (write JSON + plots under benchmarks/results/)")
+    from progflow.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="train fmnist-base-s briefly, sample, score and print a summary")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo budget)")
+    d.add_argument("--n", type=int, default=1000, help="samples to score")
+    d.add_argument("--nfe", type=int, default=None)
+    d.add_argument("--cfg", type=float, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data-dir")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ProgflowError as e:
+        print(f"progflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("progflow: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

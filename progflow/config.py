@@ -1,0 +1,261 @@
+"""Typed, frozen run configuration, validated at construction.
+
+A :class:`TrainConfig` is everything a run needs: data, model, method and optimisation.
+It is saved as JSON in the run directory and inside every checkpoint, so a checkpoint
+alone rebuilds its model. The command line mirrors it one to one: top-level fields are
+flags (``--steps``, ``--batch-size``), nested fields are ``--set model.depth=4``.
+
+>>> cfg = TrainConfig(steps=10)
+>>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import yaml
+
+from progflow.errors import ConfigError
+
+DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
+Arch = Literal["dit", "dfm"]
+MethodName = Literal["flow", "dfm"]
+Decomposition = Literal["laplacian", "haar", "identity"]
+
+# Model sizes: width, depth, heads. Parameter counts at 32x32, patch 4, 1 channel:
+# xs ~0.3M, s ~4.1M, b ~21M.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "xs": (64, 4, 4),
+    "s": (192, 6, 3),
+    "b": (384, 12, 6),
+}
+
+
+def _check_choice(value, name: str, options) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+
+
+def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{n} must be {'non-negative' if allow_zero else 'positive'}; got {v!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetKind = "fashion-mnist"
+    data_dir: str | None = None  # None: $PROGFLOW_DATA or the Debian package's folder
+    image_size: int = 32
+    channels: int = 1
+    frames: int = 0  # 0 for images, the clip length for video
+    n: int = 0  # size of generated datasets (synthetic, moving-fmnist); 0 = default
+    num_classes: int = 10
+
+    def __post_init__(self):
+        _check_choice(self.dataset, "data.dataset", typing.get_args(DatasetKind))
+        _check_positive(self, "image_size", "channels", "num_classes")
+        _check_positive(self, "frames", "n", allow_zero=True)
+        if self.dataset == "moving-fmnist" and self.frames < 2:
+            raise ConfigError("data.frames must be at least 2 for the moving-fmnist video dataset")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(C, H, W)`` or ``(C, T, H, W)``."""
+        s = self.image_size
+        return (self.channels, self.frames, s, s) if self.frames else (self.channels, s, s)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Arch = "dit"
+    size: str = "s"  # a key of MODEL_SIZES; width/depth/heads of 0 take its values
+    width: int = 0
+    depth: int = 0
+    heads: int = 0
+    mlp_ratio: float = 4.0
+    patch: int = 4  # spatial patch of the finest (or only) stage
+    temporal_patch: int = 1  # video only
+    stage_patches: tuple[int, ...] = ()  # DFM: spatial patch per stage, coarse to fine
+
+    def __post_init__(self):
+        _check_choice(self.arch, "model.arch", typing.get_args(Arch))
+        _check_choice(self.size, "model.size", tuple(MODEL_SIZES))
+        w, d, h = MODEL_SIZES[self.size]
+        for name, default in (("width", w), ("depth", d), ("heads", h)):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, default)
+        _check_positive(self, "width", "depth", "heads", "mlp_ratio", "patch", "temporal_patch")
+        if self.width % self.heads:
+            raise ConfigError(f"model.width {self.width} is not divisible by model.heads {self.heads}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: MethodName = "flow"
+    time_sampler: Literal["uniform", "logit-normal"] = "logit-normal"
+    t_loc: float = 0.0
+    t_scale: float = 1.0
+    label_dropout: float = 0.1
+    # Sampling defaults (the sample command can override them).
+    nfe: int = 40
+    cfg_scale: float = 1.0
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    # DFM (methods.md section 2); ignored by plain flow matching.
+    decomposition: Decomposition = "laplacian"
+    stages: int = 1
+    stage_probs: tuple[float, ...] = ()
+    earlier_loc: float = 1.5
+    earlier_scale: float = 1.0
+    per_sample_stage: bool = True
+    tied_times: bool = False
+    standardize: bool = False
+    stage_std: tuple[float, ...] = ()  # estimated once from data when standardize is on
+    thresholds: tuple[float, ...] = ()  # one per stage after the first
+    stage_steps: tuple[int, ...] = ()  # Euler steps per sampling phase, e.g. (30, 10)
+
+    def __post_init__(self):
+        _check_choice(self.name, "method.name", typing.get_args(MethodName))
+        _check_choice(self.time_sampler, "method.time_sampler", ("uniform", "logit-normal"))
+        _check_choice(self.decomposition, "method.decomposition", typing.get_args(Decomposition))
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"method.label_dropout must be in [0, 1); got {self.label_dropout}")
+        _check_positive(self, "t_scale", "nfe", "stages")
+        lo, hi = self.cfg_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"method.cfg_interval must satisfy 0 <= lo <= hi <= 1; got {self.cfg_interval}")
+        if self.stage_probs:
+            if len(self.stage_probs) != self.stages:
+                raise ConfigError(f"method.stage_probs has {len(self.stage_probs)} entries for {self.stages} stages")
+            if any(p < 0 for p in self.stage_probs) or not math.isclose(sum(self.stage_probs), 1.0, abs_tol=1e-6):
+                raise ConfigError(f"method.stage_probs must be non-negative and sum to 1; got {list(self.stage_probs)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.999
+    bf16: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 10
+    sample_every: int = 500  # 0 disables the sample grids
+    ckpt_every: int = 500
+    keep_last: int = 2
+
+    # Fields that may change when a run is resumed: they do not change the trajectory.
+    RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device", "preset")
+
+    def __post_init__(self):
+        _check_positive(self, "steps", "batch_size", "lr", "log_every", "ckpt_every", "keep_last")
+        _check_positive(self, "warmup", "weight_decay", "grad_clip", "sample_every", "seed", allow_zero=True)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
+        d, m = self.data, self.model
+        if d.image_size % m.patch:
+            raise ConfigError(f"data.image_size {d.image_size} is not divisible by model.patch {m.patch}")
+        if d.frames and d.frames % m.temporal_patch:
+            raise ConfigError(f"data.frames {d.frames} is not divisible by model.temporal_patch {m.temporal_patch}")
+        from progflow.methods import validate_config  # the method checks its own fields
+
+        validate_config(self)
+
+    # ---- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _build(cls, d, "")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "TrainConfig":
+        """Apply ``{"model.depth": 4, "steps": 10}``-style dotted overrides."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node = d
+            *parents, leaf = key.split(".")
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown config field {key!r}")
+                node = node[p]
+            if leaf not in node:
+                raise ConfigError(f"unknown config field {key!r}")
+            node[leaf] = value
+        return TrainConfig.from_dict(d)
+
+
+_NESTED = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig}
+
+
+def _build(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix or 'root'} must be a mapping")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(sorted(prefix + u for u in unknown))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if f.name in _NESTED and cls is TrainConfig:
+            v = _build(_NESTED[f.name], v, f.name + ".")
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = _coerce(v, f, prefix)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # wrong argument types surface here
+        raise ConfigError(f"invalid config {prefix or 'root'}: {e}") from None
+
+
+def _coerce(v, f, prefix):
+    """Light type coercion for values from the command line or JSON (ints for floats etc.)."""
+    t = f.type if isinstance(f.type, str) else str(f.type)
+    if t == "float" and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if t in ("int", "float", "bool") and isinstance(v, str):
+        raise ConfigError(f"{prefix}{f.name} must be a {t}; got {v!r}")
+    if t.startswith("tuple[float") and isinstance(v, tuple):
+        return tuple(float(x) for x in v)
+    return v
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.depth=4"`` -> ``("model.depth", 4)``; values are YAML (``[0.9, 0.1]``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from None
+    if isinstance(value, str) and "," in value:  # 0.9,0.1 as a shorthand for a list
+        try:
+            value = [yaml.safe_load(p) for p in value.split(",")]
+        except yaml.YAMLError:
+            pass
+    return key.strip(), value

@@ -1,0 +1,58 @@
+"""``progflow demo`` / ``make demo``: train fmnist-base-s briefly, sample, score, summarise."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from progflow.presets import preset_config
+
+# About 10 minutes of training on a 2-core CPU (~1 s per step of 64 images at 4M parameters).
+DEMO_STEPS = 600
+DEMO_NFE = 20
+DEMO_CFG = 1.5
+
+
+def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | None = None,
+             cfg_scale: float | None = None, seed: int = 0, data_dir: str | None = None) -> dict:
+    from progflow.eval import evaluate_npz, get_extractor
+    from progflow.sampling import sample_run
+    from progflow.train import train
+
+    t0 = time.time()
+    overrides = {"steps": steps or DEMO_STEPS, "seed": seed, "warmup": 50, "lr": 1e-3,
+                 "ckpt_every": 100, "sample_every": 200}
+    cfg = preset_config("fmnist-base-s", **overrides)
+    if data_dir:
+        cfg = cfg.with_overrides({"data.data_dir": data_dir})
+    print(f"[demo] training {cfg.preset} for {cfg.steps} steps of batch {cfg.batch_size} into {out}")
+    train(cfg, out, resume=True)
+    t_train = time.time() - t0
+    print("[demo] preparing the scoring classifier (trained once, then cached)")
+    extractor = get_extractor("fmnist-classifier", data_dir=data_dir)
+    print(f"[demo] sampling {n} images")
+    t1 = time.time()
+    s = sample_run(out, n=n, out=out / "samples.npz", seed=seed, nfe=nfe or DEMO_NFE,
+                   cfg_scale=DEMO_CFG if cfg_scale is None else cfg_scale)
+    t_sample = time.time() - t1
+    scores = evaluate_npz(s["npz"], extractor=extractor, data_dir=data_dir)
+    (out / "scores.json").write_text(json.dumps({**scores, "sampling": s}, indent=2))
+    total = time.time() - t0
+    lines = [
+        "",
+        "=" * 64,
+        "progflow demo: class-conditional flow matching on Fashion-MNIST",
+        "=" * 64,
+        f"model       {cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}",
+        f"samples     {s['n']} at {s['nfe']} NFE, cfg {s['cfg_scale']}",
+        f"grid        {s['grid']}",
+        f"scores      {out / 'scores.json'}",
+        f"FD          {scores['fd']:.2f}   (features: {scores['features']}, vs {scores['reference']})",
+        f"class acc.  {scores['class_accuracy']:.3f}",
+        f"precision   {scores['precision']:.3f}   recall {scores['recall']:.3f}",
+        f"time        {total / 60:.1f} min (training {t_train / 60:.1f}, sampling {t_sample / 60:.1f})",
+        "=" * 64,
+    ]
+    print("\n".join(lines))
+    return scores

@@ -1,0 +1,1 @@
+"""Networks: pure backbones ``model(x, t, y) -> velocity``; they know nothing of solvers."""

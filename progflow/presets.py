@@ -1,0 +1,58 @@
+"""Named run presets: data x model x method x budget. They feed ``--preset`` choices.
+
+A preset is a dict of config overrides; ``preset_config(name)`` builds the TrainConfig.
+"""
+
+from __future__ import annotations
+
+from progflow.config import TrainConfig
+from progflow.errors import ConfigError
+
+_FMNIST = {"data": {"dataset": "fashion-mnist", "image_size": 32, "channels": 1}}
+_BUDGET = {
+    "xs": {"steps": 2000, "batch_size": 64},
+    "s": {"steps": 1500, "batch_size": 64},
+    "b": {"steps": 20000, "batch_size": 128},
+}
+
+PRESETS: dict[str, dict] = {}
+for _size in ("xs", "s", "b"):
+    PRESETS[f"fmnist-base-{_size}"] = {
+        **_FMNIST,
+        "model": {"arch": "dit", "size": _size, "patch": 4},
+        "method": {"name": "flow"},
+        **_BUDGET[_size],
+    }
+
+
+def register_preset(name: str, overrides: dict) -> None:
+    PRESETS[name] = overrides
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """Build the preset's TrainConfig; keyword overrides replace its top-level fields."""
+    _load_method_presets()
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    d = _merge(PRESETS[name], {"preset": name, **overrides})
+    return TrainConfig.from_dict(d)
+
+
+def preset_names() -> list[str]:
+    _load_method_presets()
+    return sorted(PRESETS)
+
+
+def _load_method_presets() -> None:
+    """Methods living in their own modules register their presets on import."""
+    try:
+        import progflow.methods.dfm  # noqa: F401
+    except ImportError:
+        pass

@@ -1,0 +1,261 @@
+"""The trainer: AdamW with warm-up, gradient clipping, EMA, optional bf16 autocast,
+torchrun/DDP, JSONL logging, sample grids, atomic checkpoints and exact resume.
+
+Exact resume: all randomness of step ``k`` comes from a generator seeded by
+``(seed, k)`` (:mod:`progflow.rng`) and the data order from ``(seed, epoch)``, so the
+state to restore is only weights, EMA, optimizer and the step. A run killed at any
+moment and resumed with ``resume=True`` ends bit for bit where the uninterrupted run ends
+(same machine, same thread count).
+
+Under ``torchrun --nproc_per_node P`` each process takes a contiguous ``1/P`` slice of the
+same global batch (and of the same random draws); DDP averages the gradients, so the
+update equals the single-process one up to floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from progflow import checkpoint as ckpt
+from progflow.config import TrainConfig
+from progflow.data import center_crop, load_dataset, save_grid_png, to_model_range, to_uint8
+from progflow.errors import CheckpointError, ProgflowError, TrainingDiverged
+from progflow.methods import build_method, method_class
+from progflow.nn.dit import build_model, count_parameters
+from progflow.rng import BatchRandom, derive_seed, generator
+
+
+class Distributed:
+    """World size, rank and helpers; world size 1 is the plain single-process path."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+        self.main = self.rank == 0
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world
+        return value
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """EMA decay with warm-up (methods.md section 6): early steps average over few updates."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+class BatchOrder:
+    """Deterministic shuffled order: epoch ``e`` is a permutation seeded by ``(seed, e)``;
+    step ``k`` takes batch ``k mod (N // B)`` of epoch ``k // (N // B)`` (last partial batch dropped)."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        if n < batch:
+            raise ProgflowError(f"dataset has {n} samples, fewer than the batch size {batch}")
+        self.n, self.batch, self.seed = n, batch, seed
+        self.per_epoch = n // batch
+        self._epoch, self._perm = -1, None
+
+    def position(self, step: int) -> dict:
+        return {"epoch": step // self.per_epoch, "batch_in_epoch": step % self.per_epoch}
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, b = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.n, generator=generator(self.seed, 1, epoch))
+            self._epoch = epoch
+        return self._perm[b * self.batch:(b + 1) * self.batch]
+
+
+def check_resume_config(saved: TrainConfig, wanted: TrainConfig, run_dir: Path) -> None:
+    a, b = saved.to_dict(), wanted.to_dict()
+    diffs = []
+    for key in a:
+        if key in TrainConfig.RESUMABLE_CHANGES:
+            continue
+        if isinstance(a[key], dict):
+            diffs += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key][k] and not (key == "method" and k == "stage_std")]
+        elif a[key] != b[key]:
+            diffs.append(key)
+    if diffs:
+        raise CheckpointError(f"--resume: config does not match the run in {run_dir} (differs in {', '.join(diffs)})")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    f = Path(run_dir) / "config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(f.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is not a progflow run (no config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{f} is corrupt (not JSON)") from None
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """After a resume, drop log lines written after the checkpoint we resume from."""
+    if log_path.exists():
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        ckpt.atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
+
+
+@torch.no_grad()
+def save_sample_grid(method, model, cfg: TrainConfig, crop, path: Path, per_class: int = 6, nfe: int = 20) -> None:
+    k = cfg.data.num_classes
+    y = torch.arange(k * per_class, device=cfg.device) % k
+    was_training = model.training
+    model.eval()
+    res = method.sample(model, y, generator=generator(cfg.seed, 2), nfe=nfe)
+    model.train(was_training)
+    x = center_crop(res.x, crop)
+    if x.ndim == 5:  # video: show the first frame of each clip in the grid
+        x = x[:, :, 0]
+    # rows are samples of one index, columns the classes
+    save_grid_png(to_uint8(x).permute(0, 2, 3, 1).cpu(), path, nrow=k)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg`` into the run directory ``out``; returns the last checkpoint folder."""
+    out = Path(out)
+    env = Distributed(cfg.device)
+    ckpt_root = out / "ckpt"
+    existing = ckpt.list_checkpoints(ckpt_root)
+    if existing and not resume:
+        raise ProgflowError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+    data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
+                        channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
+    if tuple(data.images.shape[1:]) != cfg.data.shape:
+        raise ProgflowError(f"dataset samples have shape {tuple(data.images.shape[1:])}, the config expects {cfg.data.shape}")
+    start = 0
+    state_in = None
+    if resume and existing:
+        saved = load_run_config(out)
+        check_resume_config(saved, cfg, out)
+        cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
+        tensors, state_in = ckpt.load_checkpoint(existing[-1])
+        start = state_in["step"]
+    else:
+        cfg = method_class(cfg.method.name).prepare(cfg, data)
+    if cfg.batch_size % env.world:
+        raise ProgflowError(f"batch_size {cfg.batch_size} is not divisible by the world size {env.world}")
+
+    torch.manual_seed(derive_seed(cfg.seed, 0))
+    model = build_model(cfg.data, cfg.model).to(cfg.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state_in is not None:
+        ckpt.load_state_dict_checked(model, tensors["model"], existing[-1])
+        ckpt.load_state_dict_checked(ema, tensors["ema"], existing[-1])
+        opt.load_state_dict(ckpt.unflatten_optimizer(tensors["optim"], state_in["optimizer"]))
+        torch.set_rng_state(ckpt.decode_rng(state_in["rng"]["torch_cpu"]))
+    method = build_method(cfg)
+    net = torch.nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+
+    log_path = out / "log.jsonl"
+    if env.main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "config.json", cfg.to_json())
+        if state_in is not None:
+            ckpt.clean_partial(ckpt_root)
+            _trim_log(log_path, start)
+        elif log_path.exists():
+            log_path.unlink()
+    env.barrier()
+
+    order = BatchOrder(len(data), cfg.batch_size, cfg.seed)
+    local = cfg.batch_size // env.world
+    rows = slice(env.rank * local, (env.rank + 1) * local)
+    images, labels = data.images, data.labels
+    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    last_saved = existing[-1] if existing else None
+
+    def save(step: int) -> Path:
+        nonlocal last_saved
+        if env.main:
+            otensors, ometa = ckpt.flatten_optimizer(opt.state_dict())
+            state = {"config": cfg.to_dict(), "optimizer": ometa, "data_position": order.position(step),
+                     "rng": {"torch_cpu": ckpt.encode_rng(torch.get_rng_state()), "derived_from": [cfg.seed, step]},
+                     "num_params": count_parameters(model)}
+            last_saved = ckpt.save_checkpoint(ckpt_root, step, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                                                "optim": otensors}, state, cfg.keep_last)
+        env.barrier()
+        return last_saved
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and env.main), desc="train", unit="step",
+               dynamic_ncols=True)
+    window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+    log = open(log_path, "a") if env.main else None
+    try:
+        for step in range(start, cfg.steps):
+            idx = order.indices(step)[rows]
+            x1 = to_model_range(images[idx]).to(cfg.device, non_blocking=True)
+            y = labels[idx].to(cfg.device)
+            rng = BatchRandom(cfg.seed, step, cfg.batch_size, rows, device=cfg.device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            with autocast:
+                loss, _ = method.loss(net, x1, y, rng)
+            loss_global = env.mean(loss.detach().float())
+            if not torch.isfinite(loss_global):
+                where = last_saved if last_saved is not None else "none was written"
+                raise TrainingDiverged(f"loss became {loss_global.item()} at step {step + 1}; training stopped, "
+                                       f"last good checkpoint kept: {where}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, ema_decay_at(cfg.ema_decay, step))
+
+            done = step + 1
+            window_loss += loss_global.item()
+            window_n += 1
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                dt = time.perf_counter() - t_window
+                rec = {"step": done, "loss": window_loss / window_n, "lr": lr_at(cfg, step),
+                       "images_per_s": window_n * cfg.batch_size / max(dt, 1e-9), "time": time.time()}
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                if log:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                save(done)
+            if env.main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+                save_sample_grid(method, ema, cfg, data.crop, out / "samples" / f"step_{done:08d}.png")
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    if start >= cfg.steps and last_saved is None:
+        last_saved = save(start)
+    return last_saved
