@@ -29,3 +29,87 @@ def shifted_grid(n: int, shift: float) -> torch.Tensor:
     if shift <= 0:
         raise ValueError(f"grid shift must be positive, got {shift}")
     return shift_time(uniform_grid(n), shift)
+
+
+# ---- multi-stage DFM schedule (methods.md section 2) --------------------------------------
+
+
+def dfm_schedule(stage_steps, thresholds) -> torch.Tensor:
+    """Per-stage times for DFM sampling: a float64 ``(K + 1, S)`` grid, ``K = sum(stage_steps)``.
+
+    Sampling runs in ``S`` phases; phase ``j`` has ``stage_steps[j-1]`` Euler steps and
+    stage ``j`` enters (from pure noise, ``t = 0``) at its start. Rule, for every stage
+    ``j`` with entry step ``k_j = stage_steps[0] + ... + stage_steps[j-2]``:
+
+    * before ``k_j`` its time is 0 (not started);
+    * during its own phase it runs linearly from 0 to ``thresholds[j-1]`` (the last stage,
+      which has no threshold, runs 0 -> 1);
+    * from the end of its phase it runs linearly from its threshold to 1 over *all* the
+      remaining steps, so every stage reaches exactly 1 at step ``K``.
+
+    So stage ``j + 1`` enters exactly when stage ``j`` -- the latest-entered stage --
+    reaches its threshold ``tau_j`` (one threshold per transition, each in (0, 1)), and
+    an earlier stage's time is piecewise linear with one kink, at the end of its own
+    phase. Equivalently, at each phase boundary every earlier stage continues linearly
+    from where it is to 1 over the steps that are left (the same slope). With 2 stages,
+    ``(30, 10)`` and ``tau = 0.7``: stage 1 goes 0 -> 0.7 in 30 steps, then stage 1
+    0.7 -> 1 and stage 2 0 -> 1 in 10 joint steps.
+
+    >>> g = dfm_schedule((3, 2), (0.6,))
+    >>> [[round(v, 2) for v in row] for row in g.tolist()]
+    [[0.0, 0.0], [0.2, 0.0], [0.4, 0.0], [0.6, 0.0], [0.8, 0.5], [1.0, 1.0]]
+    """
+    steps = [int(n) for n in stage_steps]
+    taus = [float(t) for t in thresholds]
+    S = len(steps)
+    if S < 1 or any(n < 1 for n in steps):
+        raise ValueError(f"stage_steps must be positive integers, one per stage; got {list(stage_steps)}")
+    if len(taus) != S - 1 or any(not 0.0 < t < 1.0 for t in taus):
+        raise ValueError(f"{S} stages need {S - 1} thresholds in (0, 1); got {list(thresholds)}")
+    K = sum(steps)
+    grid = torch.zeros(K + 1, S, dtype=torch.float64)
+    k = torch.arange(K + 1, dtype=torch.float64)
+    start = 0
+    for j in range(S):
+        end = start + steps[j]
+        tau = taus[j] if j < S - 1 else 1.0
+        rise = tau * (k - start) / steps[j]  # 0 -> tau over the stage's own phase
+        tail = tau + (1.0 - tau) * (k - end) / max(K - end, 1)  # tau -> 1 over the rest
+        col = torch.where(k <= end, rise, tail).clamp(min=0.0)
+        col[K] = 1.0  # exact end point
+        grid[:, j] = col
+        start = end
+    return grid
+
+
+def dfm_active(stage_steps) -> torch.Tensor:
+    """Which stages are active during each step: a bool ``(K, S)`` mask.
+
+    Stage ``j`` is active in step ``k`` (from grid row ``k`` to ``k + 1``) once it has
+    entered, i.e. in its own phase and after. On the entering step its time is still 0,
+    so activity cannot be read from the grid; the latest-entered stage of step ``k`` is
+    ``dfm_active(steps)[k].sum() - 1``.
+
+    >>> dfm_active((2, 1)).int().tolist()
+    [[1, 0], [1, 0], [1, 1]]
+    """
+    steps = [int(n) for n in stage_steps]
+    phase = torch.repeat_interleave(torch.arange(len(steps)), torch.tensor(steps))  # (K,)
+    return torch.arange(len(steps))[None, :] <= phase[:, None]
+
+
+def split_steps(total: int, weights) -> tuple[int, ...]:
+    """Split ``total`` steps over phases in proportion to ``weights`` (largest remainder),
+    at least one step each. ``split_steps(40, (3, 1)) == (30, 10)``."""
+    w = [float(x) for x in weights]
+    n = len(w)
+    if total < n:
+        raise ValueError(f"{total} steps cannot cover {n} phases (at least one step each)")
+    exact = [total * x / sum(w) for x in w]
+    out = [max(1, int(e)) for e in exact]
+    by_remainder = sorted(range(n), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    for i in by_remainder[: max(total - sum(out), 0)]:
+        out[i] += 1
+    while sum(out) > total:  # the minimum of one step overshot: take from the largest
+        out[max(range(n), key=lambda i: (out[i], -i))] -= 1
+    return tuple(out)

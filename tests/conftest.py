@@ -1,0 +1,47 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny run on the synthetic dataset: seconds, not minutes.
+TINY = ["--preset", "fmnist-base-xs", "--set", "data.dataset=synthetic", "--set", "data.n=256",
+        "--set", "model.depth=2", "--batch-size", "16", "--log-every", "1", "--sample-every", "0",
+        "--no-progress"]
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra})
+    return env
+
+
+def run_cli(*args, check=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``progflow ARGS`` as a user would (a subprocess)."""
+    p = subprocess.run([sys.executable, "-m", "progflow.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env or cli_env(), timeout=timeout, cwd=ROOT)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, f"exit {p.returncode}\n{p.stderr}"
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{p.stderr}"
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+@pytest.fixture
+def tiny_args():
+    return list(TINY)
