@@ -51,7 +51,7 @@ def load_run(run_dir: str | Path, *, step: int | None = None, ema: bool = True, 
     path = find_checkpoint(run_dir, step)
     part = "ema" if ema else "model"
     tensors, _ = ckpt.load_checkpoint(path, parts=(part,))
-    model = build_model(cfg.data, cfg.model)
+    model = build_model(cfg)
     ckpt.load_state_dict_checked(model, tensors[part], path / f"{part}.safetensors")
     return cfg, model.to(device).eval(), path
 

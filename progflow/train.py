@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         raise ProgflowError(f"batch_size {cfg.batch_size} is not divisible by the world size {env.world}")
 
     torch.manual_seed(derive_seed(cfg.seed, 0))
-    model = build_model(cfg.data, cfg.model).to(cfg.device)
+    model = build_model(cfg).to(cfg.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state_in is not None:

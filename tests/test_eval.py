@@ -32,6 +32,15 @@ needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not ins
 
 # ---------------------------------------------------------------- fixtures
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: with other jobs on the 2 cores, 2 spinning threads are far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROGFLOW_CACHE", str(tmp_path / "cache"))
@@ -45,8 +54,8 @@ def small_train():
 
 @pytest.fixture(scope="module")
 def quick_model(small_train):
-    """A classifier trained for 60 steps on 3000 images (a few seconds)."""
-    return train_classifier(small_train, seed=0, epochs=5, batch_size=64, max_steps=60, progress=False)
+    """A classifier trained for 40 steps on 3000 images (a few seconds)."""
+    return train_classifier(small_train, seed=0, epochs=5, batch_size=64, max_steps=40, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +151,7 @@ def test_class_accuracy():
 @needs_fmnist
 def test_classifier_training_is_deterministic(small_train):
     def train(seed):
-        return train_classifier(small_train, seed=seed, batch_size=32, max_steps=4, progress=False).state_dict()
+        return train_classifier(small_train, seed=seed, batch_size=16, max_steps=3, progress=False).state_dict()
 
     a, b, c = train(7), train(7), train(8)
     assert a.keys() == b.keys()
@@ -285,8 +294,11 @@ def test_evaluate_arrays_real_vs_noise(quick_model, test_set):
     noise = evaluate_arrays(noise_imgs, labels[:500], ext, ref)
     assert same["fd"] < 1e-6 and same["precision"] == 1.0 and same["recall"] == 1.0
     assert held_out["fd"] * 20 < noise["fd"]
-    assert held_out["precision"] > 0.5 and noise["precision"] < 0.05
-    assert held_out["class_accuracy"] > 0.5 and noise["class_accuracy"] < 0.4
+    # noise features collapse to a tight clump that some real k-NN balls may cover, so
+    # noise precision is not reliably ~0 with this weak classifier; recall is
+    assert held_out["precision"] > max(0.8, noise["precision"])
+    assert held_out["recall"] > 0.8 and noise["recall"] < 0.05
+    assert held_out["class_accuracy"] > 0.5 and noise["class_accuracy"] < 0.3
     assert same["n"] == 1000 and same["reference"] == "fashion-mnist test (1000)"
     json.dumps(noise)
 
@@ -294,13 +306,15 @@ def test_evaluate_arrays_real_vs_noise(quick_model, test_set):
 @needs_fmnist
 def test_evaluate_npz_end_to_end_with_cached_reference(quick_model, test_set, tmp_path, monkeypatch):
     images, labels = test_set
+    # a 1500-image "test set" keeps this fast; the caching logic is the same
+    monkeypatch.setattr(evaluate_mod, "fmnist_test_images", lambda *a, **k: (images[:1500], labels[:1500]))
     path = tmp_path / "samples.npz"
     np.savez(path, images=images[:300], labels=labels[:300])
     ext = ClassifierFeatures(quick_model)
     out = evaluate_npz(path, extractor=ext)
     assert set(out) >= {"file", "n", "fd", "precision", "recall", "class_accuracy", "features", "reference"}
     assert out["file"] == str(path) and out["n"] == 300 and out["features"] == ext.name
-    assert out["reference"] == "fashion-mnist test (10000)"
+    assert out["reference"] == "fashion-mnist test (1500)"
     assert 0.0 < out["precision"] <= 1.0 and out["class_accuracy"] > 0.5
     json.loads(json.dumps(out))
     cached = list((tmp_path / "cache").glob("ref-fmnist-test-*.npz"))
@@ -308,4 +322,4 @@ def test_evaluate_npz_end_to_end_with_cached_reference(quick_model, test_set, tm
     # the second run reads the cached reference features instead of recomputing them
     monkeypatch.setattr(evaluate_mod, "fmnist_test_images", lambda *a, **k: pytest.fail("recomputed"))
     assert evaluate_npz(path, extractor=ext) == out
-    assert reference_stats(ext).shape == (10000, 128)
+    assert reference_stats(ext).shape == (1500, 128)

@@ -207,4 +207,4 @@ def run_init_weights():
 
     cfg = preset_config("fmnist-base-xs").with_overrides({"model.depth": 2, "data.dataset": "synthetic"})
     torch.manual_seed(derive_seed(cfg.seed, 0))
-    return build_model(cfg.data, cfg.model).state_dict()
+    return build_model(cfg).state_dict()

@@ -41,7 +41,7 @@ def train_step_flops(method, model, x, y) -> float:
 def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int) -> dict:
     cfg = preset_config(preset, batch_size=batch)
     torch.manual_seed(0)
-    model = build_model(cfg.data, cfg.model)
+    model = build_model(cfg)
     method = build_method(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(batch, *cfg.data.shape) * 2 - 1

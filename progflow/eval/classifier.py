@@ -10,8 +10,12 @@ i.e. ``u8 / 127.5 - 1``)::
     conv3x3(1->32)+BN+ReLU -> maxpool2        (32, 14, 14)
     conv3x3(32->64)+BN+ReLU -> maxpool2       (64, 7, 7)
     conv3x3(64->128)+BN+ReLU -> maxpool2      (128, 3, 3)
-    flatten -> linear(1152->128) -> ReLU      128-d "feature" (penultimate) layer
-    dropout(0.2) -> linear(128->10)           logits
+    flatten -> linear(1152->128)              128-d "feature" (penultimate) layer
+    ReLU -> dropout(0.2) -> linear(128->10)   logits
+
+The features are taken *before* the ReLU: no dead (always-zero) dimensions, so their
+covariance is well conditioned, and out-of-distribution inputs such as noise land
+farther from the data than in the rectified space.
 
 Weight file format: a safetensors file whose metadata dict holds
 ``format="progflow-classifier"``, ``arch``, ``seed``, ``epochs``, ``test_accuracy``,
@@ -79,12 +83,12 @@ class FmnistCNN(nn.Module):
         self.meta: dict[str, str] = {}
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N, 1, 28, 28)`` float32 -> (features ``(N, 128)``, logits ``(N, K)``)."""
+        """``(N, 1, 28, 28)`` float32 -> (pre-ReLU features ``(N, 128)``, logits ``(N, K)``)."""
         h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
         h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
         h = F.max_pool2d(F.relu(self.bn3(self.conv3(h))), 2)
-        feats = F.relu(self.fc(h.flatten(1)))
-        return feats, self.head(self.dropout(feats))
+        feats = self.fc(h.flatten(1))
+        return feats, self.head(self.dropout(F.relu(feats)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
@@ -99,6 +103,14 @@ def cache_dir() -> pathlib.Path:
 def default_classifier_path(seed: int = 0) -> pathlib.Path:
     """Where the cached Fashion-MNIST classifier for ``seed`` lives."""
     return cache_dir() / f"fmnist-classifier-{ARCH}-seed{int(seed)}.safetensors"
+
+
+def publish_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give ``tmp`` (from ``mkstemp``, mode 0600) normal permissions and ``os.replace`` it onto ``path``."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
 
 
 def prepare_input(u8: torch.Tensor) -> torch.Tensor:
@@ -197,7 +209,7 @@ def train_classifier(
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    model.meta = {"seed": str(int(seed)), "epochs": str(int(epochs)), "steps": str(total)}
+    model.meta = {"arch": ARCH, "seed": str(int(seed)), "epochs": str(int(epochs)), "steps": str(total)}
     return model
 
 
@@ -232,7 +244,7 @@ def save_classifier(model: FmnistCNN, path: str | os.PathLike, **meta) -> pathli
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=info)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -301,7 +313,7 @@ def build_fmnist_classifier(
     fd, tmp = tempfile.mkstemp(prefix=side.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         json.dump(model.meta, fh, indent=2, sort_keys=True)
-    os.replace(tmp, side)
+    publish_file(tmp, side)
     return path, acc
 
 

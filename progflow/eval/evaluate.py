@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 
 from ..errors import ProgflowError
-from .classifier import cache_dir
+from .classifier import cache_dir, publish_file
 from .features import FeatureExtractor, check_images_u8, get_extractor
 from .metrics import class_accuracy, feature_stats, frechet_distance, precision_recall
 
@@ -124,7 +124,7 @@ def reference_stats(extractor: FeatureExtractor, *, data_dir=None) -> np.ndarray
     os.close(fd)
     try:
         np.savez(tmp, feats=feats, name=np.array(str(extractor.name)))
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

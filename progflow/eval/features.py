@@ -83,18 +83,20 @@ def _weights_digest(model: FmnistCNN) -> str:
 
 
 class ClassifierFeatures:
-    """Features (128-d penultimate layer) and logits of a :class:`FmnistCNN`.
+    """Features (128-d penultimate layer, pre-ReLU) and logits of a :class:`FmnistCNN`.
 
     Accepts uint8 ``(N, H, W, 1)`` with ``H, W >= 28``: 28x28 is used as is, larger
     frames (e.g. 32x32 zero-padded Fashion-MNIST) are centre-cropped to 28x28.
     Runs in batches of ``batch_size`` under ``torch.no_grad``. ``name`` is
-    ``"fmnist-classifier-<arch>-<digest of weights>"``.
+    ``"fmnist-classifier-<arch>-fc128-<digest of weights>"``.
     """
 
     def __init__(self, model: FmnistCNN, *, batch_size: int = 500, name: str | None = None) -> None:
         self.model = model.eval()
         self.batch_size = int(batch_size)
-        self.name = name or f"fmnist-classifier-{model.meta.get('arch', 'cnn')}-{_weights_digest(model)}"
+        self.name = name or (
+            f"fmnist-classifier-{model.meta.get('arch', 'cnn')}-fc128-{_weights_digest(model)}"
+        )
 
     @torch.no_grad()
     def features_and_logits(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -150,7 +150,10 @@ class DecomposableFlowMatching:
         """Per-stage times ``(B, S)``: ``t_Q`` main sampler, earlier stages logit-normal
         ``(earlier_loc, earlier_scale)``, later stages 0; tied: all active stages ``t_Q``."""
         mc, S = self.mc, self.S
-        main = rng.rand(S) if mc.time_sampler == "uniform" else logit_normal_from_normal(rng.randn(S), mc.t_loc, mc.t_scale)
+        if mc.time_sampler == "uniform":
+            main = rng.rand(S)
+        else:
+            main = logit_normal_from_normal(rng.randn(S), mc.t_loc, mc.t_scale)
         early = logit_normal_from_normal(rng.randn(S), mc.earlier_loc, mc.earlier_scale)
         idx = torch.arange(S, device=q_B.device)[None, :]
         q = q_B[:, None]

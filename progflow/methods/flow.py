@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from progflow.errors import ConfigError
 from progflow.guidance import CFG
 from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import interpolate, logit_normal_from_normal, velocity_target
@@ -25,7 +26,8 @@ class FlowMatching:
 
     @staticmethod
     def validate(cfg) -> None:
-        pass
+        if cfg.model.arch != "dit":
+            raise ConfigError(f"method flow needs model.arch dit, got {cfg.model.arch!r}")
 
     @staticmethod
     def prepare(cfg, data):

@@ -69,15 +69,15 @@ class DiT(DiTTrunk):
         return unpatchify(self.final(h, c), self.channels, self.grid, self.patch)
 
 
-def build_model(data: DataConfig, model: ModelConfig) -> nn.Module:
-    """Build the backbone named by ``model.arch``."""
-    if model.arch == "dit":
-        return DiT(data, model)
-    if model.arch == "dfm":
+def build_model(cfg) -> nn.Module:
+    """Build the backbone of a :class:`~progflow.config.TrainConfig` (``model.arch``)."""
+    if cfg.model.arch == "dit":
+        return DiT(cfg.data, cfg.model)
+    if cfg.model.arch == "dfm":
         from progflow.nn.dfm import DFMDiT
 
-        return DFMDiT(data, model)
-    raise ValueError(f"unknown architecture {model.arch!r}")
+        return DFMDiT(cfg.data, cfg.model, decomposition=cfg.method.decomposition, stages=cfg.method.stages)
+    raise ValueError(f"unknown architecture {cfg.model.arch!r}")
 
 
 def count_parameters(module: nn.Module) -> int:
