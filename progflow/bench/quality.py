@@ -1,0 +1,232 @@
+"""``progflow bench quality``: base flow matching vs DFM (2 and 3 stages) at equal training
+compute on Fashion-MNIST 32px: same width, depth, token count, batch, steps and lr.
+
+For every arm and seed: train, score the EMA weights at every checkpoint (FD-vs-step
+curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` samples at
+40 NFE for each guidance scale. DFM ablations (training and sampling) run on seed 0.
+Also an interleaved step-time measurement of base and DFM at the same batch.
+Results go to ``benchmarks/results/quality[_tiny].json`` and an FD-vs-step plot.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from progflow.bench import result_header, write_result
+from progflow.presets import preset_config
+
+# arm name -> (preset pattern, training overrides)
+ARMS = {
+    "base": ("fmnist-base-{size}", {}),
+    "dfm2": ("fmnist-dfm-{size}", {}),
+    "dfm3": ("fmnist-dfm3-{size}", {}),
+}
+TRAIN_ABLATIONS = {
+    "dfm2-pq0.7": ("fmnist-dfm-{size}", {"method.stage_probs": [0.7, 0.3]}),
+    "dfm2-std": ("fmnist-dfm-{size}", {"method.standardize": True}),
+    "dfm2-std-pq0.7": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.7, 0.3]}),
+    "dfm2-tied": ("fmnist-dfm-{size}", {"method.tied_times": True}),
+}
+# sampling-only variants of a trained 2-stage model: (thresholds, stage_steps)
+SAMPLE_ABLATIONS = {
+    "tau0.5": {"method.thresholds": [0.5]},
+    "tau0.9": {"method.thresholds": [0.9]},
+    "steps20+20": {"method.stage_steps": [20, 20]},
+}
+SEED_ARMS = ("base", "dfm2")  # arms trained with every seed; others with the first seed only
+
+
+def _settings(args) -> dict:
+    tiny = args.tiny
+    steps = args.steps or (4 if tiny else 3000)
+    return {
+        "size": getattr(args, "size", None) or "xs",
+        "steps": steps,
+        "batch_size": 8 if tiny else 64,
+        "lr": 1e-3,
+        "warmup": 1 if tiny else 100,
+        "eval_every": args.eval_every or (2 if tiny else max(1, steps // 4)),
+        "n": args.n or (20 if tiny else 2000),
+        "n_curve": 20 if tiny else min(500, args.n or 500),
+        "nfe": 4 if tiny else 40,
+        "cfg_scales": args.cfg_scales or [1.0, 2.0],
+        "seeds": args.seeds or ([0] if tiny else [0, 1]),
+        "ablations": not tiny,
+    }
+
+
+def _config(preset_pattern: str, overrides: dict, seed: int, s: dict, tiny: bool):
+    cfg = preset_config(preset_pattern.format(size=s["size"]), steps=s["steps"], batch_size=s["batch_size"], seed=seed,
+                        lr=s["lr"], warmup=s["warmup"], ckpt_every=s["eval_every"], keep_last=10_000, sample_every=0,
+                        log_every=1 if tiny else 20)
+    extra = dict(overrides)
+    if tiny:
+        extra.update({"data.dataset": "synthetic", "data.n": 64, "model.depth": 1})
+    dfm = cfg.method.name == "dfm"
+    if dfm and "method.stage_steps" not in extra:
+        extra["method.nfe"] = s["nfe"]
+        extra["method.stage_steps"] = None  # re-derived from nfe
+    return cfg.with_overrides(_drop_none(extra, cfg)) if extra else cfg
+
+
+def _drop_none(extra: dict, cfg) -> dict:
+    """``None`` means: back to the field's empty default (e.g. derived stage steps)."""
+    return {k: (() if v is None else v) for k, v in extra.items()}
+
+
+def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float) -> dict:
+    from progflow.eval import evaluate_arrays
+    from progflow.sampling import generate, to_nhwc
+
+    t0 = time.perf_counter()
+    images, labels, used, _ = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale, progress=False)
+    dt = time.perf_counter() - t0
+    r = evaluate_arrays(to_nhwc(images), labels.numpy(), extractor, ref)
+    return {"cfg": cfg_scale, "nfe": used, "n": n, "fd": r["fd"], "precision": r["precision"], "recall": r["recall"],
+            "class_accuracy": r["class_accuracy"], "sample_s": dt}
+
+
+def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict) -> dict:
+    from progflow import checkpoint as ckpt
+    from progflow.sampling import load_run
+    from progflow.train import train
+
+    run = root / f"{name}-seed{cfg.seed}"
+    t0 = time.perf_counter()
+    train(cfg, run, resume=True, progress=False)
+    wall = time.perf_counter() - t0
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    ips = statistics.median(r["images_per_s"] for r in log) if log else None
+    curve = []
+    for d in ckpt.list_checkpoints(run / "ckpt"):
+        step = int(d.name.split("_")[1])
+        cfg_r, model, _ = load_run(run, step=step)
+        r = _score(cfg_r, model, extractor, ref, n=s["n_curve"], seed=100, nfe=s["nfe"], cfg_scale=1.0)
+        curve.append({"step": step, "fd": r["fd"], "class_accuracy": r["class_accuracy"]})
+        print(f"  {name} seed {cfg.seed} step {step}: FD {r['fd']:.2f} (n={s['n_curve']})", flush=True)
+    cfg_r, model, _ = load_run(run)
+    final = [_score(cfg_r, model, extractor, ref, n=s["n"], seed=200, nfe=s["nfe"], cfg_scale=w) for w in s["cfg_scales"]]
+    for f in final:
+        print(f"  {name} seed {cfg.seed} final cfg {f['cfg']}: FD {f['fd']:.2f} acc {f['class_accuracy']:.3f}", flush=True)
+    variants = {}
+    for vname, over in sample_variants.items():
+        vcfg = cfg_r.with_overrides(over)
+        variants[vname] = _score(vcfg, model, extractor, ref, n=s["n"], seed=200, nfe=s["nfe"], cfg_scale=1.0)
+        print(f"  {name} sampling variant {vname}: FD {variants[vname]['fd']:.2f}", flush=True)
+    return {"arm": name, "seed": cfg.seed, "preset": cfg.preset, "method": cfg.to_dict()["method"],
+            "train_wall_s": wall, "train_images_per_s_median": ips, "curve": curve, "final": final,
+            "sampling_variants": variants}
+
+
+def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dict:
+    """Interleaved timing of one training step per arm (same batch), median over rounds."""
+    from progflow.methods import build_method
+    from progflow.nn.dit import build_model
+    from progflow.rng import BatchRandom
+
+    setups = {}
+    for arm, (pattern, over) in ARMS.items():
+        cfg = _config(pattern, over, 0, s, tiny)
+        torch.manual_seed(0)
+        model, method = build_model(cfg), build_method(cfg)
+        if cfg.method.standardize:
+            cfg = cfg.with_overrides({"method.stage_std": [1.0] * cfg.method.stages})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.rand(cfg.batch_size, *cfg.data.shape) * 2 - 1
+        y = torch.arange(cfg.batch_size) % 10
+        setups[arm] = (model, method, opt, x, y)
+    times = {arm: [] for arm in setups}
+    for r in range(1 if tiny else rounds):
+        for arm, (model, method, opt, x, y) in setups.items():
+            t0 = time.perf_counter()
+            for k in range(1 if tiny else steps):
+                loss, _ = method.loss(model, x, y, BatchRandom(0, k, x.shape[0], slice(None)))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if r or tiny:  # round 0 is a warm-up
+                times[arm].append((time.perf_counter() - t0) / (1 if tiny else steps))
+    med = {arm: statistics.median(v) for arm, v in times.items()}
+    return {"step_s": med, "ratio_to_base": {arm: med[arm] / med["base"] for arm in med}}
+
+
+def _summary(runs: list[dict], cfg_scales) -> dict:
+    out = {}
+    for arm in sorted({r["arm"] for r in runs}):
+        rs = [r for r in runs if r["arm"] == arm]
+        row = {"seeds": [r["seed"] for r in rs], "train_images_per_s": statistics.mean(r["train_images_per_s_median"] for r in rs)}
+        for w in cfg_scales:
+            fds = [f["fd"] for r in rs for f in r["final"] if f["cfg"] == w]
+            accs = [f["class_accuracy"] for r in rs for f in r["final"] if f["cfg"] == w]
+            row[f"fd_cfg{w}"] = {"mean": statistics.mean(fds), "std": statistics.stdev(fds) if len(fds) > 1 else 0.0,
+                                 "values": fds}
+            row[f"class_acc_cfg{w}"] = statistics.mean(accs)
+        out[arm] = row
+    if "base" in out:
+        for arm, row in out.items():
+            for w in cfg_scales:
+                row[f"fd_ratio_to_base_cfg{w}"] = row[f"fd_cfg{w}"]["mean"] / out["base"][f"fd_cfg{w}"]["mean"]
+    return out
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install progflow[plot]); no plot written")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in sorted({r["arm"] for r in runs}):
+        for r in (x for x in runs if x["arm"] == arm):
+            steps = [c["step"] for c in r["curve"]]
+            ax.plot(steps, [c["fd"] for c in r["curve"]], marker="o", label=f"{arm} seed {r['seed']}",
+                    linestyle="-" if arm in ARMS else "--")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FD (classifier features, cfg 1)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("Fashion-MNIST 32px: FD vs training step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_quality(args) -> Path:
+    from progflow.eval import get_extractor, reference_stats
+
+    s = _settings(args)
+    tiny = args.tiny
+    root = Path("runs") / ("bench-quality-tiny" if tiny else "bench-quality")
+    out = Path(args.out_dir) / ("quality_tiny.json" if tiny else "quality.json")
+    extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
+    ref = reference_stats(extractor, data_dir=args.data_dir)
+    header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
+    print(f"quality benchmark: {s}", flush=True)
+    timing = step_time_ratio(s, tiny)
+    print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
+    jobs = []
+    for arm, (pattern, over) in ARMS.items():
+        for seed in (s["seeds"] if arm in SEED_ARMS else s["seeds"][:1]):
+            jobs.append((arm, pattern, over, seed))
+    if s["ablations"]:
+        jobs += [(name, pattern, over, s["seeds"][0]) for name, (pattern, over) in TRAIN_ABLATIONS.items()]
+    runs = []
+    for arm, pattern, over, seed in jobs:
+        cfg = _config(pattern, over, seed, s, tiny)
+        variants = SAMPLE_ABLATIONS if (arm == "dfm2" and seed == s["seeds"][0] and s["ablations"]) else {}
+        print(f"[{arm} seed {seed}] training {cfg.steps} steps", flush=True)
+        runs.append(_train_and_score(arm, cfg, root, s, extractor, ref, variants))
+        write_result({**header, "step_time": timing, "runs": runs, "summary": _summary(runs, s["cfg_scales"])}, out)
+    plot = out.with_suffix(".png")
+    _plot(runs, plot)
+    print(json.dumps(_summary(runs, s["cfg_scales"]), indent=1))
+    print(f"wrote {out} and {plot}")
+    return out
