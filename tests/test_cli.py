@@ -86,3 +86,28 @@ def test_train_sample_writes_balanced_cropped_npz_and_grid(tmp_path):
     with np.load(out2) as z:
         assert np.array_equal(z["images"], images)
     assert_one_line_error(run_cli("sample", run, "--n", "0"), "--n must be positive")
+
+
+def test_dfm_sampling_writes_preview_strips(tmp_path):
+    run = tmp_path / "dfm"
+    run_cli("train", *TINY[:2], "--preset", "fmnist-dfm-xs", *TINY[2:], "--steps", "2", "--out", run, check=0)
+    out = tmp_path / "d.npz"
+    p = run_cli("sample", run, "--n", "3", "--nfe", "4", "--out", out, "--previews", "--no-progress", check=0)
+    summary = json.loads(p.stdout)
+    assert summary["nfe"] == 4
+    strips = sorted((tmp_path / "d_previews").glob("*.png"))
+    assert len(strips) == 3
+    w, h = Image.open(strips[0]).size
+    assert w > 2 * h  # coarse-to-fine partial results side by side, then the final sample
+
+
+def test_video_run_writes_npz_and_gif(tmp_path):
+    run = tmp_path / "vid"
+    run_cli("train", "--preset", "mfmnist-base-xs", "--set", "data.n=16", "--set", "model.depth=1", "--steps", "2",
+            "--batch-size", "4", "--sample-every", "0", "--no-progress", "--out", run, check=0)
+    out = tmp_path / "v.npz"
+    run_cli("sample", run, "--n", "2", "--nfe", "2", "--out", out, "--no-progress", check=0)
+    with np.load(out) as z:
+        assert z["images"].shape == (2, 8, 32, 32, 1) and z["images"].dtype == np.uint8
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames == 8
