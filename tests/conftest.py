@@ -45,3 +45,29 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
 @pytest.fixture
 def tiny_args():
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def quick_classifier_cache(tmp_path_factory):
+    """A cache folder holding a classifier trained for a few steps (the real one takes minutes)."""
+    import torch
+
+    from progflow.data import load_fashion_mnist
+    from progflow.eval import default_classifier_path, save_classifier, train_classifier
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("PROGFLOW_CACHE")
+    os.environ["PROGFLOW_CACHE"] = str(cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_fashion_mnist(split="train")
+        model = train_classifier(data, seed=0, batch_size=64, max_steps=40, progress=False)
+        save_classifier(model, default_classifier_path(0), test_accuracy="n/a")
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("PROGFLOW_CACHE")
+        else:
+            os.environ["PROGFLOW_CACHE"] = old
+    return cache

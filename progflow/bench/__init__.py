@@ -45,6 +45,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("kind", choices=KINDS, help="speed: training/sampling throughput vs matmul peak; "
                    "quality: base vs DFM at equal training compute")
     p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON (and plots) go")
+    p.add_argument("--runs-dir", default="runs", help="where the quality benchmark keeps its training runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presets", nargs="+", help="presets to measure (speed: default fmnist-base-xs fmnist-base-s)")
     p.add_argument("--steps", type=int, help="timed training steps (speed) / training steps per model (quality)")

@@ -29,12 +29,9 @@ ARMS = {
 TRAIN_ABLATIONS = {
     "dfm2-pq0.7": ("fmnist-dfm-{size}", {"method.stage_probs": [0.7, 0.3]}),
     "dfm2-std": ("fmnist-dfm-{size}", {"method.standardize": True}),
-    "dfm2-std-pq0.7": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.7, 0.3]}),
-    "dfm2-tied": ("fmnist-dfm-{size}", {"method.tied_times": True}),
 }
 # sampling-only variants of a trained 2-stage model: (thresholds, stage_steps)
 SAMPLE_ABLATIONS = {
-    "tau0.5": {"method.thresholds": [0.5]},
     "tau0.9": {"method.thresholds": [0.9]},
     "steps20+20": {"method.stage_steps": [20, 20]},
 }
@@ -52,7 +49,7 @@ def _settings(args) -> dict:
         "warmup": 1 if tiny else 100,
         "eval_every": args.eval_every or (2 if tiny else max(1, steps // 4)),
         "n": args.n or (20 if tiny else 2000),
-        "n_curve": 20 if tiny else min(500, args.n or 500),
+        "n_curve": 20 if tiny else max(100, (args.n or 2000) // 4),
         "nfe": 4 if tiny else 40,
         "cfg_scales": args.cfg_scales or [1.0, 2.0],
         "seeds": args.seeds or ([0] if tiny else [0, 1]),
@@ -204,7 +201,7 @@ def run_quality(args) -> Path:
 
     s = _settings(args)
     tiny = args.tiny
-    root = Path("runs") / ("bench-quality-tiny" if tiny else "bench-quality")
+    root = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality")
     out = Path(args.out_dir) / ("quality_tiny.json" if tiny else "quality.json")
     extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
     ref = reference_stats(extractor, data_dir=args.data_dir)

@@ -1,0 +1,44 @@
+"""Benchmarks and the demo run end to end on a tiny budget (their numbers are not tested)."""
+
+import json
+
+from conftest import cli_env, run_cli
+
+
+def test_speed_benchmark_writes_json(tmp_path):
+    run_cli("bench", "speed", "--tiny", "--out-dir", tmp_path, check=0)
+    r = json.loads((tmp_path / "speed_tiny.json").read_text())
+    assert {"command", "machine", "date", "seed"} <= r.keys()
+    assert r["matmul_fp32_gflop_per_s"] > 0
+    rows = {x["preset"]: x for x in r["results"]}
+    assert set(rows) == {"fmnist-base-xs", "fmnist-base-s"}
+    for x in rows.values():
+        assert x["train_images_per_s"] > 0 and x["sample_images_per_s"] > 0 and x["train_gflop_per_image"] > 0
+    # the s model costs more per image than xs
+    assert rows["fmnist-base-s"]["train_gflop_per_image"] > 5 * rows["fmnist-base-xs"]["train_gflop_per_image"]
+
+
+def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache):
+    env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))
+    run_cli("bench", "quality", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs", env=env, check=0,
+            timeout=600)
+    r = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3"}
+    for run in r["runs"]:
+        assert [c["step"] for c in run["curve"]] == [2, 4]
+        assert all(f["nfe"] == 4 and f["n"] == 20 for f in run["final"])
+    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3"}
+    assert r["summary"]["base"]["fd_ratio_to_base_cfg1.0"] == 1.0
+    assert (tmp_path / "quality_tiny.png").stat().st_size > 1000
+
+
+def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
+    env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))
+    out = tmp_path / "demo"
+    p = run_cli("demo", "--steps", "2", "--n", "20", "--nfe", "2", "--out", out, env=env, check=0)
+    assert "FD" in p.stdout and "class acc." in p.stdout
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["n"] == 20 and scores["fd"] > 0 and 0 <= scores["class_accuracy"] <= 1
+    assert (out / "samples.png").exists()
+    p = run_cli("eval", out / "samples.npz", env=env, check=0)
+    assert json.loads(p.stdout)["fd"] == scores["fd"]  # eval is deterministic
