@@ -9,7 +9,7 @@ def test_speed_benchmark_writes_json(tmp_path):
     run_cli("bench", "speed", "--tiny", "--out-dir", tmp_path, check=0)
     r = json.loads((tmp_path / "speed_tiny.json").read_text())
     assert {"command", "machine", "date", "seed"} <= r.keys()
-    assert r["matmul_fp32_gflop_per_s"] > 0
+    assert r["matmul_fp32_gflop_per_s"] > 0 and r["data_s_per_batch"] > 0
     rows = {x["preset"]: x for x in r["results"]}
     assert set(rows) == {"fmnist-base-xs", "fmnist-base-s"}
     for x in rows.values():

@@ -208,3 +208,25 @@ def run_init_weights():
     cfg = preset_config("fmnist-base-xs").with_overrides({"model.depth": 2, "data.dataset": "synthetic"})
     torch.manual_seed(derive_seed(cfg.seed, 0))
     return build_model(cfg).state_dict()
+
+
+def test_batch_order_is_a_seeded_permutation_per_epoch():
+    from progflow.train import BatchOrder
+
+    a, b = BatchOrder(100, 16, seed=3), BatchOrder(100, 16, seed=3)
+    epoch0 = torch.cat([a.indices(k) for k in range(6)])  # 6 full batches, 4 samples dropped
+    assert len(set(epoch0.tolist())) == 96
+    assert torch.equal(epoch0, torch.cat([b.indices(k) for k in range(6)]))
+    assert not torch.equal(a.indices(6), a.indices(0))  # the next epoch is reshuffled
+    assert not torch.equal(BatchOrder(100, 16, seed=4).indices(0), b.indices(0))
+    assert a.position(13) == {"epoch": 2, "batch_in_epoch": 1}
+
+
+def test_bf16_autocast_trains(tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", *TINY, "--steps", "4", "--bf16", "--out", run, check=0)
+    losses = [r["loss"] for r in read_log(run)]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    import json
+
+    assert json.loads((run / "config.json").read_text())["bf16"] is True

@@ -73,6 +73,24 @@ def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int) -> 
             "sample_forward_images_per_s": sample_n * res.nfe / sample_s}
 
 
+def data_seconds_per_batch(batch: int, data_dir=None, tiny: bool = False) -> float:
+    """Time to fetch one training batch from Fashion-MNIST as the trainer does it."""
+    from progflow.data import load_dataset, to_model_range
+    from progflow.train import BatchOrder
+
+    if tiny:
+        data = load_dataset("synthetic", n=256)
+    else:
+        data = load_dataset("fashion-mnist", data_dir=data_dir)
+    order = BatchOrder(len(data), batch, 0)
+    reps = 5 if tiny else 200
+    t0 = time.perf_counter()
+    for k in range(reps):
+        idx = order.indices(k)
+        to_model_range(data.images[idx]), data.labels[idx]
+    return (time.perf_counter() - t0) / reps
+
+
 def run_speed(args) -> Path:
     presets = args.presets or ["fmnist-base-xs", "fmnist-base-s"]
     steps = args.steps or (2 if args.tiny else 10)
@@ -86,7 +104,14 @@ def run_speed(args) -> Path:
         print(f"{p}: train {r['train_images_per_s']:.1f} img/s ({r['train_gflop_per_s']:.1f} GFLOP/s, "
               f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak); sample {r['sample_images_per_s']:.1f} img/s "
               f"at {r['sample_nfe']} NFE")
-    result = {**result_header(args.seed), "benchmark": "speed", "matmul_fp32_gflop_per_s": peak, "results": rows}
+    batch = 8 if args.tiny else 64
+    data_s = data_seconds_per_batch(batch, getattr(args, "data_dir", None), args.tiny)
+    for r in rows:
+        r["data_share_of_step"] = data_s / r["train_step_s"]
+    print(f"data loading: {1e3 * data_s:.2f} ms per batch of {batch} "
+          f"({100 * max(r['data_share_of_step'] for r in rows):.2f}% of a training step at most)")
+    result = {**result_header(args.seed), "benchmark": "speed", "matmul_fp32_gflop_per_s": peak,
+              "data_s_per_batch": data_s, "results": rows}
     path = write_result(result, Path(args.out_dir) / ("speed_tiny.json" if args.tiny else "speed.json"))
     print(f"matmul fp32 peak {peak:.1f} GFLOP/s; wrote {path}")
     return path
