@@ -1,0 +1,77 @@
+"""Render the README's benchmark tables from the committed JSON results.
+
+    python benchmarks/render_readme.py     # rewrites the block between the bench markers
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def speed_table() -> str:
+    f = RESULTS / "speed.json"
+    if not f.exists():
+        return "_No speed result committed yet._"
+    r = json.loads(f.read_text())
+    m = r["machine"]
+    lines = [f"**Speed** (`{r['command']}`, {r['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}): "
+             f"fp32 matmul peak measured in the same run {r['matmul_fp32_gflop_per_s']:.0f} GFLOP/s; "
+             f"data loading {1e3 * r['data_s_per_batch']:.2f} ms per batch of 64.", "",
+             "| preset | params | train img/s | train GFLOP/s | share of matmul peak | sample img/s (NFE) |",
+             "|---|---|---|---|---|---|"]
+    for x in r["results"]:
+        lines.append(f"| {x['preset']} | {x['params'] / 1e6:.2f}M | {x['train_images_per_s']:.1f} | "
+                     f"{x['train_gflop_per_s']:.1f} | {100 * x['share_of_matmul_peak']:.0f}% | "
+                     f"{x['sample_images_per_s']:.1f} ({x['sample_nfe']}) |")
+    return "\n".join(lines)
+
+
+def quality_table() -> str:
+    f = RESULTS / "quality.json"
+    if not f.exists():
+        return "_No quality result committed yet._"
+    r = json.loads(f.read_text())
+    s = r["settings"]
+    scales = s["cfg_scales"]
+    lines = [f"**Base vs DFM at equal training compute** (`{r['command']}`, {r['date']}): model size `{s['size']}`, "
+             f"{s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} class-balanced samples at "
+             f"{s['nfe']} NFE (DFM: 30 + 10 for 2 stages), EMA weights; mean ± std over seeds where 2 seeds ran.", "",
+             "| arm | seeds | " + " | ".join(f"FD cfg {w}" for w in scales) + " | "
+             + " | ".join(f"FD / base, cfg {w}" for w in scales) + f" | class acc. cfg {scales[0]} | train img/s |",
+             "|---" * (4 + 2 * len(scales)) + "|"]
+    for arm, row in r["summary"].items():
+        fds = " | ".join(f"{row[f'fd_cfg{w}']['mean']:.2f} ± {row[f'fd_cfg{w}']['std']:.2f}" for w in scales)
+        ratios = " | ".join(f"{row.get(f'fd_ratio_to_base_cfg{w}', float('nan')):.2f}" for w in scales)
+        lines.append(f"| {arm} | {len(row['seeds'])} | {fds} | {ratios} | {row[f'class_acc_cfg{scales[0]}']:.3f} | "
+                     f"{row['train_images_per_s']:.0f} |")
+    st = r.get("step_time")
+    if st:
+        lines += ["", "Training step time relative to base (interleaved timing, same batch): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in st["ratio_to_base"].items()) + "."]
+    variants = [(run["arm"], k, v) for run in r["runs"] for k, v in run.get("sampling_variants", {}).items()]
+    if variants:
+        lines += ["", "DFM sampling ablations (same trained `dfm2` seed-0 model, cfg 1): "
+                  + "; ".join(f"{k}: FD {v['fd']:.2f}" for _, k, v in variants) + "."]
+    lines += ["", "FD vs training step: `benchmarks/results/quality.png`."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.replace("BENCHMARK_TABLES", block)
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
