@@ -58,6 +58,13 @@ def quality_table() -> str:
     if variants:
         lines += ["", "DFM sampling ablations (same trained `dfm2` seed-0 model, cfg 1): "
                   + "; ".join(f"{k}: FD {v['fd']:.2f}" for _, k, v in variants) + "."]
+    for t in sorted(RESULTS.glob("step_time_*.json")):
+        if t.stem.endswith("_tiny"):
+            continue
+        tr = json.loads(t.read_text())
+        lines += ["", f"Training step time, model size `{tr['size']}`, batch {tr['batch_size']} (`{tr['command']}`, "
+                  "interleaved, median of 10 rounds): " + ", ".join(
+                      f"{k} {1e3 * tr['step_s'][k]:.0f} ms ({tr['ratio_to_base'][k]:.3f}x)" for k in tr["step_s"]) + "."]
     lines += ["", "FD vs training step: `benchmarks/results/quality.png`."]
     return "\n".join(lines)
 

@@ -196,9 +196,22 @@ def _plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def run_timing(args) -> Path:
+    s = _settings(args)
+    timing = step_time_ratio(s, args.tiny, rounds=11, steps=5)
+    out = Path(args.out_dir) / f"step_time_{s['size']}{'_tiny' if args.tiny else ''}.json"
+    write_result({**result_header(args.seed), "benchmark": "step_time", "size": s["size"],
+                  "batch_size": s["batch_size"], **timing}, out)
+    print(f"step time ({s['size']}, batch {s['batch_size']}): {timing['step_s']}; ratio to base "
+          f"{timing['ratio_to_base']}; wrote {out}")
+    return out
+
+
 def run_quality(args) -> Path:
     from progflow.eval import get_extractor, reference_stats
 
+    if args.timing_only:
+        return run_timing(args)
     s = _settings(args)
     tiny = args.tiny
     root = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality")
