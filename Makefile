@@ -23,7 +23,7 @@ demo: install data
 	$(VENV)/bin/progflow demo
 
 test: install data
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest
 
 bench-speed: install data
 	$(VENV)/bin/progflow bench speed
