@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import typing
 from dataclasses import fields
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProgflowError as e:
         print(f"progflow: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("progflow: interrupted", file=sys.stderr)
         return 130
