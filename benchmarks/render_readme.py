@@ -46,13 +46,15 @@ def quality_table() -> str:
              + " | ".join(f"FD / base, cfg {w}" for w in scales) + f" | class acc. cfg {scales[0]} | train img/s |",
              "|---" * (4 + 2 * len(scales)) + "|"]
     for arm, row in r["summary"].items():
-        fds = " | ".join(f"{row[f'fd_cfg{w}']['mean']:.2f} ± {row[f'fd_cfg{w}']['std']:.2f}" for w in scales)
+        fds = " | ".join(f"{row[f'fd_cfg{w}']['mean']:.2f}" + (f" ± {row[f'fd_cfg{w}']['std']:.2f}"
+                                                                  if len(row["seeds"]) > 1 else "") for w in scales)
         ratios = " | ".join(f"{row.get(f'fd_ratio_to_base_cfg{w}', float('nan')):.2f}" for w in scales)
         lines.append(f"| {arm} | {len(row['seeds'])} | {fds} | {ratios} | {row[f'class_acc_cfg{scales[0]}']:.3f} | "
                      f"{row['train_images_per_s']:.0f} |")
     st = r.get("step_time")
     if st:
-        lines += ["", "Training step time relative to base (interleaved timing, same batch): "
+        lines += ["", "Training step time relative to base, measured at the start of this run while another "
+                  "training shared the CPU (noisy; see the dedicated timings below): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in st["ratio_to_base"].items()) + "."]
     variants = [(run["arm"], k, v) for run in r["runs"] for k, v in run.get("sampling_variants", {}).items()]
     if variants:
