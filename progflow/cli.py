@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def cmd_build_classifier(args) -> None:
 
 def cmd_info(args) -> None:
     from progflow.info import model_info
-    from progflow.presets import PRESETS, preset_config
+    from progflow.presets import preset_config
 
     target = args.run_or_preset
     if Path(target).is_dir():

@@ -200,7 +200,6 @@ def test_ema_warmup_tracks_a_short_run(reference_run):
 
 
 def run_init_weights():
-    from progflow.config import TrainConfig
     from progflow.nn.dit import build_model
     from progflow.presets import preset_config
     from progflow.rng import derive_seed

@@ -3,7 +3,6 @@ fp32 matmul GFLOP/s measured in the same run, so the share of peak is visible.""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
