@@ -41,6 +41,21 @@ def write_result(result: dict, path: Path) -> Path:
     return path
 
 
+def train_steps(method, model, opt, x, y, steps: int, first: int = 0) -> float:
+    """Run ``steps`` optimizer steps on the fixed batch ``(x, y)``; returns seconds per step."""
+    import time
+
+    from progflow.rng import BatchRandom
+
+    t0 = time.perf_counter()
+    for k in range(first, first + steps):
+        loss, _ = method.loss(model, x, y, BatchRandom(0, k, x.shape[0], slice(None)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
 def add_bench_arguments(p) -> None:
     p.add_argument("kind", choices=KINDS, help="speed: training/sampling throughput vs matmul peak; "
                    "quality: base vs DFM at equal training compute")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench import result_header, write_result
+from progflow.bench import result_header, train_steps, write_result
 from progflow.presets import preset_config
 
 # arm name -> (preset pattern, training overrides)
@@ -124,15 +124,12 @@ def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dic
     """Interleaved timing of one training step per arm (same batch), median over rounds."""
     from progflow.methods import build_method
     from progflow.nn.dit import build_model
-    from progflow.rng import BatchRandom
 
     setups = {}
     for arm, (pattern, over) in ARMS.items():
         cfg = _config(pattern, over, 0, s, tiny)
         torch.manual_seed(0)
         model, method = build_model(cfg), build_method(cfg)
-        if cfg.method.standardize:
-            cfg = cfg.with_overrides({"method.stage_std": [1.0] * cfg.method.stages})
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.rand(cfg.batch_size, *cfg.data.shape) * 2 - 1
         y = torch.arange(cfg.batch_size) % 10
@@ -140,14 +137,9 @@ def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dic
     times = {arm: [] for arm in setups}
     for r in range(1 if tiny else rounds):
         for arm, (model, method, opt, x, y) in setups.items():
-            t0 = time.perf_counter()
-            for k in range(1 if tiny else steps):
-                loss, _ = method.loss(model, x, y, BatchRandom(0, k, x.shape[0], slice(None)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            dt = train_steps(method, model, opt, x, y, 1 if tiny else steps)
             if r or tiny:  # round 0 is a warm-up
-                times[arm].append((time.perf_counter() - t0) / (1 if tiny else steps))
+                times[arm].append(dt)
     med = {arm: statistics.median(v) for arm, v in times.items()}
     return {"step_s": med, "ratio_to_base": {arm: med[arm] / med["base"] for arm in med}}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from progflow.bench import result_header, write_result
+from progflow.bench import result_header, train_steps, write_result
 from progflow.methods import build_method
 from progflow.nn.dit import build_model, count_parameters
 from progflow.presets import preset_config
@@ -47,18 +47,8 @@ def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int) -> 
     y = torch.arange(batch) % cfg.data.num_classes
     flops = train_step_flops(method, model, x, y)
 
-    def step(k):
-        loss, _ = method.loss(model, x, y, BatchRandom(0, k, batch, slice(None)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for k in range(2):
-        step(k)
-    t0 = time.perf_counter()
-    for k in range(steps):
-        step(k)
-    train_s = (time.perf_counter() - t0) / steps
+    train_steps(method, model, opt, x, y, 2)  # warm-up
+    train_s = train_steps(method, model, opt, x, y, steps, first=2)
     model.eval()
     ys = torch.arange(sample_n) % cfg.data.num_classes
     method.sample(model, ys[:4], generator=generator(0), nfe=2)
