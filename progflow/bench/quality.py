@@ -64,16 +64,10 @@ def _config(preset_pattern: str, overrides: dict, seed: int, s: dict, tiny: bool
     extra = dict(overrides)
     if tiny:
         extra.update({"data.dataset": "synthetic", "data.n": 64, "model.depth": 1})
-    dfm = cfg.method.name == "dfm"
-    if dfm and "method.stage_steps" not in extra:
+    if cfg.method.name == "dfm" and "method.stage_steps" not in extra:
         extra["method.nfe"] = s["nfe"]
-        extra["method.stage_steps"] = None  # re-derived from nfe
-    return cfg.with_overrides(_drop_none(extra, cfg)) if extra else cfg
-
-
-def _drop_none(extra: dict, cfg) -> dict:
-    """``None`` means: back to the field's empty default (e.g. derived stage steps)."""
-    return {k: (() if v is None else v) for k, v in extra.items()}
+        extra["method.stage_steps"] = ()  # empty: re-derived from nfe (30 + 10 for 40)
+    return cfg.with_overrides(extra) if extra else cfg
 
 
 def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float) -> dict:
