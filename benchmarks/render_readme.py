@@ -53,8 +53,8 @@ def quality_table() -> str:
                      f"{row['train_images_per_s']:.0f} |")
     st = r.get("step_time")
     if st:
-        lines += ["", "Training step time relative to base, measured at the start of this run while another "
-                  "training shared the CPU (noisy; see the dedicated timings below): "
+        lines += ["", "Training step time relative to base, measured in the collecting run with the CPU to itself "
+                  "(interleaved, same batch): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in st["ratio_to_base"].items()) + "."]
     variants = [(run["arm"], k, v) for run in r["runs"] for k, v in run.get("sampling_variants", {}).items()]
     if variants:

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import cli_env, run_cli
+from conftest import assert_one_line_error, cli_env, run_cli
 
 
 def test_speed_benchmark_writes_json(tmp_path):
@@ -20,16 +20,28 @@ def test_speed_benchmark_writes_json(tmp_path):
 
 def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache):
     env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))
-    run_cli("bench", "quality", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs", env=env, check=0,
-            timeout=600)
+    args = ("bench", "quality", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs")
+    # part of the work first (as one of several processes would): only that arm, no step timing
+    run_cli(*args, "--arms", "dfm3", env=env, check=0, timeout=600)
+    part = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert [r_["arm"] for r_ in part["runs"]] == ["dfm3"] and part["step_time"] is None
+    dfm3_log = tmp_path / "runs" / "bench-quality-tiny" / "dfm3-seed0" / "log.jsonl"
+    before = dfm3_log.read_text()
+
+    run_cli(*args, env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3"}
+    # the finished dfm3 run is collected, not trained or scored again
+    assert dfm3_log.read_text() == before
+    assert [x for x in r["runs"] if x["arm"] == "dfm3"][0] == part["runs"][0]
     for run in r["runs"]:
         assert [c["step"] for c in run["curve"]] == [2, 4]
         assert all(f["nfe"] == 4 and f["n"] == 20 for f in run["final"])
     assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3"}
     assert r["summary"]["base"]["fd_ratio_to_base_cfg1.0"] == 1.0
     assert (tmp_path / "quality_tiny.png").stat().st_size > 1000
+
+    assert_one_line_error(run_cli(*args, "--arms", "dfm9", env=env), "unknown --arms ['dfm9']")
 
 
 def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):

@@ -6,6 +6,11 @@ curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` sa
 40 NFE for each guidance scale. DFM ablations (training and sampling) run on seed 0.
 Also an interleaved step-time measurement of base and DFM at the same batch.
 Results go to ``benchmarks/results/quality[_tiny].json`` and an FD-vs-step plot.
+
+Each finished run keeps its scores in ``<run>/bench_result.json`` (with the settings
+they were made with), so an interrupted benchmark picks up where it stopped and
+``--arms`` can split the work over processes (e.g. two 1-thread processes on two cores);
+a final call without ``--arms`` then collects every run and measures the step time alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 
 from progflow.bench import result_header, train_steps, write_result
+from progflow.errors import ConfigError
 from progflow.presets import preset_config
 
 # arm name -> (preset pattern, training overrides)
@@ -26,12 +32,19 @@ ARMS = {
     "dfm2": ("fmnist-dfm-{size}", {}),
     "dfm3": ("fmnist-dfm3-{size}", {}),
 }
+# 2-stage DFM with one thing changed (the defaults: p_q [0.9, 0.1], earlier stages at
+# logit-normal(1.5, 1), Laplacian pyramid, no standardisation)
 TRAIN_ABLATIONS = {
+    "dfm2-pq0.5": ("fmnist-dfm-{size}", {"method.stage_probs": [0.5, 0.5]}),
     "dfm2-pq0.7": ("fmnist-dfm-{size}", {"method.stage_probs": [0.7, 0.3]}),
+    "dfm2-std-pq0.7": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.7, 0.3]}),
+    "dfm2-loc0": ("fmnist-dfm-{size}", {"method.earlier_loc": 0.0}),
+    "dfm2-haar": ("fmnist-dfm-{size}", {"method.decomposition": "haar", "model.stage_patches": [2, 2]}),
     "dfm2-std": ("fmnist-dfm-{size}", {"method.standardize": True}),
 }
-# sampling-only variants of a trained 2-stage model: (thresholds, stage_steps)
+# sampling-only variants of the trained 2-stage model (default: tau 0.7, 30 + 10 steps)
 SAMPLE_ABLATIONS = {
+    "tau0.5": {"method.thresholds": [0.5]},
     "tau0.9": {"method.thresholds": [0.9]},
     "steps20+20": {"method.stage_steps": [20, 20]},
 }
@@ -82,12 +95,38 @@ def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale
             "class_accuracy": r["class_accuracy"], "sample_s": dt}
 
 
+def _cache_key(cfg, s: dict, extractor, sample_variants: dict) -> dict:
+    """What a run's scores depend on; a cached result with a different key is redone."""
+    keep = ("n", "n_curve", "nfe", "cfg_scales")
+    return {"config": cfg.to_dict(), **{k: s[k] for k in keep}, "features": str(extractor.name),
+            "sample_variants": sample_variants}
+
+
+def _cached(run: Path, key: dict) -> dict | None:
+    path = run / "bench_result.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["result"] if saved.get("key") == json.loads(json.dumps(key)) else None
+
+
 def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict) -> dict:
+    run = root / f"{name}-seed{cfg.seed}"
+    key = _cache_key(cfg, s, extractor, sample_variants)
+    result = _cached(run, key)
+    if result is not None:
+        print(f"  {name} seed {cfg.seed}: finished earlier, scores read from {run / 'bench_result.json'}", flush=True)
+    else:
+        result = _train_and_score_uncached(name, cfg, run, s, extractor, ref, sample_variants)
+        write_result({"key": key, "result": result}, run / "bench_result.json")
+    return result
+
+
+def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sample_variants: dict) -> dict:
     from progflow import checkpoint as ckpt
     from progflow.sampling import load_run
     from progflow.train import train
 
-    run = root / f"{name}-seed{cfg.seed}"
     t0 = time.perf_counter()
     train(cfg, run, resume=True, progress=False)
     wall = time.perf_counter() - t0
@@ -166,17 +205,26 @@ def _plot(runs: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed (pip install progflow[plot]); no plot written")
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in sorted({r["arm"] for r in runs}):
-        for r in (x for x in runs if x["arm"] == arm):
-            steps = [c["step"] for c in r["curve"]]
-            ax.plot(steps, [c["fd"] for c in r["curve"]], marker="o", label=f"{arm} seed {r['seed']}",
-                    linestyle="-" if arm in ARMS else "--")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FD (classifier features, cfg 1)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title("Fashion-MNIST 32px: FD vs training step")
+    arms = sorted({r["arm"] for r in runs})
+    ablations = [a for a in arms if a not in ARMS]
+    fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(11 if ablations else 6, 4), squeeze=False)
+    panels = [("base vs DFM", [a for a in arms if a in ARMS])]
+    if ablations:
+        panels.append(("DFM ablations (seed 0)", ["base", "dfm2", *ablations]))
+    first_seed = min(r["seed"] for r in runs)
+    colors = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate([*ARMS, *ablations])}
+    for i, (ax, (title, shown)) in enumerate(zip(axes[0], panels)):
+        for r in runs:
+            if r["arm"] not in shown or (i == 1 and r["seed"] != first_seed):
+                continue
+            style = "--" if r["arm"] not in ARMS else ("-" if r["seed"] == first_seed else ":")
+            ax.plot([c["step"] for c in r["curve"]], [c["fd"] for c in r["curve"]], marker="o", markersize=3,
+                    label=f"{r['arm']} seed {r['seed']}", linestyle=style, color=colors[r["arm"]])
+        ax.set_xlabel("training step")
+        ax.set_ylabel("FD (classifier features, cfg 1)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.set_title(f"Fashion-MNIST 32px: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -202,27 +250,39 @@ def run_quality(args) -> Path:
     tiny = args.tiny
     root = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality")
     out = Path(args.out_dir) / ("quality_tiny.json" if tiny else "quality.json")
-    extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
-    ref = reference_stats(extractor, data_dir=args.data_dir)
-    header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
-    print(f"quality benchmark: {s}", flush=True)
-    timing = step_time_ratio(s, tiny)
-    print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
     jobs = []
     for arm, (pattern, over) in ARMS.items():
         for seed in (s["seeds"] if arm in SEED_ARMS else s["seeds"][:1]):
             jobs.append((arm, pattern, over, seed))
     if s["ablations"]:
         jobs += [(name, pattern, over, s["seeds"][0]) for name, (pattern, over) in TRAIN_ABLATIONS.items()]
-    runs = []
+    known = {arm for arm, *_ in jobs}
+    chosen = set(args.arms or known)
+    if chosen - known:
+        raise ConfigError(f"unknown --arms {sorted(chosen - known)}; choose from {sorted(known)}")
+    extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
+    ref = reference_stats(extractor, data_dir=args.data_dir)
+    header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
+    print(f"quality benchmark: {s}", flush=True)
+    runs, timing = {}, None
     for arm, pattern, over, seed in jobs:
         cfg = _config(pattern, over, seed, s, tiny)
         variants = SAMPLE_ABLATIONS if (arm == "dfm2" and seed == s["seeds"][0] and s["ablations"]) else {}
-        print(f"[{arm} seed {seed}] training {cfg.steps} steps", flush=True)
-        runs.append(_train_and_score(arm, cfg, root, s, extractor, ref, variants))
-        write_result({**header, "step_time": timing, "runs": runs, "summary": _summary(runs, s["cfg_scales"])}, out)
+        run = root / f"{arm}-seed{seed}"
+        if arm in chosen:
+            print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
+            runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants)
+        elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
+            runs[run] = cached  # finished by another process
+        done = [runs[r] for r in sorted(runs)]
+        write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
+    if args.arms is None:  # the whole benchmark: time the training step with the CPU to itself
+        timing = step_time_ratio(s, tiny)
+        print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
+    done = [runs[r] for r in sorted(runs)]
+    write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
     plot = out.with_suffix(".png")
-    _plot(runs, plot)
-    print(json.dumps(_summary(runs, s["cfg_scales"]), indent=1))
+    _plot(done, plot)
+    print(json.dumps(_summary(done, s["cfg_scales"]), indent=1))
     print(f"wrote {out} and {plot}")
     return out
