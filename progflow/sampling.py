@@ -17,19 +17,12 @@ from tqdm import tqdm
 
 from progflow import checkpoint as ckpt
 from progflow.config import TrainConfig
-from progflow.data import center_crop, save_grid_png, save_video, to_uint8
+from progflow.data import center_crop, output_crop, save_grid_png, save_video, to_uint8
 from progflow.errors import CheckpointError, ProgflowError
 from progflow.methods import build_method
 from progflow.nn.dit import build_model
 from progflow.rng import generator
 from progflow.train import load_run_config
-
-FMNIST_CROP = (28, 28)
-
-
-def data_crop(cfg: TrainConfig):
-    return FMNIST_CROP if cfg.data.dataset == "fashion-mnist" else None
-
 
 def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     run_dir = Path(run_dir)
@@ -87,7 +80,7 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
     method = build_method(cfg)
     labels = balanced_labels(n, cfg.data.num_classes)
     out, strips, used = [], [], 0
-    crop = data_crop(cfg)
+    crop = output_crop(cfg.data.dataset)
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch")):
         y = labels[start:start + batch_size].to(device)
         res = method.sample(model, y, generator=generator(seed, 3, b), nfe=nfe, cfg_scale=cfg_scale,

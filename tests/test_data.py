@@ -14,8 +14,8 @@ from PIL import Image
 
 from progflow.data import (DATASET_KINDS, DEFAULT_DATA_DIR, FMNIST_CLASSES, ImageData, center_crop,
                            find_data_dir, load_dataset, load_fashion_mnist, load_image_folder,
-                           make_moving_fmnist, make_synthetic, read_idx, save_grid_png, save_video,
-                           to_model_range, to_uint8)
+                           make_moving_fmnist, make_synthetic, output_crop, read_idx, save_grid_png,
+                           save_video, to_model_range, to_uint8)
 from progflow.data.fmnist import FMNIST_FILES
 from progflow.data.video import bouncing_paths, item_size_for
 from progflow.errors import DataError
@@ -416,6 +416,9 @@ def test_load_dataset_dispatch(tmp_path):
     assert mv.images.shape == (6, 1, 3, 32, 32) and mv.is_video
     mv_train = load_dataset("moving-fmnist", data_dir=tmp_path / "fm", n=6, frames=3)
     assert not torch.equal(mv.images, mv_train.images)
+    # sampling knows each kind's crop without loading it; it must agree with the loaders
+    for kind, loaded in (("synthetic", s), ("folder", f), ("fashion-mnist", fm), ("moving-fmnist", mv)):
+        assert output_crop(kind) == loaded.crop, kind
 
 
 def test_load_dataset_errors(tmp_path):

@@ -9,7 +9,7 @@ from .base import ImageData, center_crop, to_model_range, to_uint8
 from .fmnist import DEFAULT_DATA_DIR, FMNIST_CLASSES, find_data_dir, load_fashion_mnist, read_idx
 from .folder import load_image_folder
 from .io import save_grid_png, save_video
-from .loading import DATASET_KINDS, load_dataset
+from .loading import DATASET_KINDS, load_dataset, output_crop
 from .synthetic import make_synthetic
 from .video import make_moving_fmnist
 
@@ -27,6 +27,7 @@ __all__ = [
     "make_synthetic",
     "make_moving_fmnist",
     "load_dataset",
+    "output_crop",
     "DATASET_KINDS",
     "save_grid_png",
     "save_video",

@@ -28,6 +28,7 @@ from .base import ImageData
 __all__ = [
     "DEFAULT_DATA_DIR",
     "FMNIST_CLASSES",
+    "FMNIST_CONTENT",
     "FMNIST_FILES",
     "find_data_dir",
     "read_idx",
@@ -40,6 +41,8 @@ FMNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
+#: (h, w) of the real content; the loader pads it to ``image_size`` and records it as ``crop``
+FMNIST_CONTENT = (28, 28)
 #: split -> (images file, labels file)
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -159,6 +162,6 @@ def load_fashion_mnist(
         images=torch.from_numpy(out),
         labels=torch.from_numpy(labels.astype(np.int64)),
         num_classes=len(FMNIST_CLASSES),
-        crop=(28, 28),
+        crop=FMNIST_CONTENT,
         class_names=list(FMNIST_CLASSES),
     )

@@ -19,12 +19,12 @@ import os
 
 from ..errors import DataError
 from .base import ImageData
-from .fmnist import load_fashion_mnist
+from .fmnist import FMNIST_CONTENT, load_fashion_mnist
 from .folder import load_image_folder
 from .synthetic import make_synthetic
 from .video import make_moving_fmnist
 
-__all__ = ["DATASET_KINDS", "SPLITS", "load_dataset"]
+__all__ = ["DATASET_KINDS", "SPLITS", "load_dataset", "output_crop"]
 
 DATASET_KINDS = ("fashion-mnist", "folder", "synthetic", "moving-fmnist")
 SPLITS = ("train", "test")
@@ -65,6 +65,12 @@ def load_dataset(
         return _build(kind, split, data_dir, int(image_size), int(channels), int(frames), n, split_seed)
     except ValueError as e:  # bad sizes etc. from the builders: a user input problem
         raise DataError(f"invalid arguments for dataset {kind!r}: {e}") from None
+
+
+def output_crop(kind: str) -> tuple[int, int] | None:
+    """The ``crop`` that :func:`load_dataset` records for ``kind``, known without loading
+    anything (sampling crops generated images the way the data were padded)."""
+    return FMNIST_CONTENT if kind == "fashion-mnist" else None
 
 
 def _build(kind, split, data_dir, image_size, channels, frames, n, seed) -> ImageData:
