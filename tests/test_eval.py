@@ -157,6 +157,15 @@ def test_classifier_training_is_deterministic(small_train):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+    # the same weights whatever the caller's thread count (the sums are ordered by it),
+    # and the caller's thread count is left as it was
+    torch.set_num_threads(2)
+    try:
+        d = train(7)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert all(torch.equal(a[key], d[key]) for key in a)
 
 
 @needs_fmnist
