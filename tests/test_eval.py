@@ -18,10 +18,11 @@ import torch
 from progflow.data import DEFAULT_DATA_DIR, ImageData, load_fashion_mnist
 from progflow.data.fmnist import FMNIST_FILES
 from progflow.errors import CheckpointError, ProgflowError
-from progflow.eval import (ClassifierFeatures, class_accuracy, default_classifier_path, evaluate_arrays,
-                           evaluate_npz, feature_stats, fmnist_test_images, frechet_distance,
+from progflow.eval import (ClassifierFeatures, band_scores, class_accuracy, default_classifier_path,
+                           evaluate_arrays, evaluate_npz, feature_stats, fmnist_test_images, frechet_distance,
                            get_extractor, get_fmnist_classifier, load_classifier, load_samples,
-                           precision_recall, reference_stats, save_classifier, train_classifier)
+                           precision_recall, reference_stats, save_classifier, split_bands,
+                           train_classifier)
 from progflow.eval import evaluate as evaluate_mod
 from progflow.eval import metrics as metrics_mod
 
@@ -332,3 +333,23 @@ def test_evaluate_npz_end_to_end_with_cached_reference(quick_model, test_set, tm
     monkeypatch.setattr(evaluate_mod, "fmnist_test_images", lambda *a, **k: pytest.fail("recomputed"))
     assert evaluate_npz(path, extractor=ext) == out
     assert reference_stats(ext).shape == (1500, 128)
+
+
+@needs_fmnist
+def test_band_scores_separate_blur_and_speckle(quick_model, test_set):
+    images, _ = test_set
+    sample, ref = images[:1000], images[1000:3000]
+    coarse, fine = split_bands(sample)
+    assert torch.allclose(coarse + fine, torch.from_numpy(sample).permute(0, 3, 1, 2).float(), atol=1e-3)
+    ext = ClassifierFeatures(quick_model)
+    held_out = band_scores(sample, ext, ref)
+    assert abs(held_out["fine_rms_ratio"] - 1) < 0.05 and held_out["n"] == 1000
+    # blur: the fine band shrinks
+    blurred = coarse.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert band_scores(blurred, ext, ref)["fine_rms_ratio"] < 0.5
+    # speckle (independent per-pixel noise): the fine band grows far more than the coarse FD
+    noise = np.random.default_rng(0).integers(-60, 61, size=sample.shape)
+    speckled = band_scores(np.clip(sample.astype(int) + noise, 0, 255).astype(np.uint8), ext, ref)
+    assert speckled["fine_rms_ratio"] > 1.1
+    assert held_out["fd_coarse"] < speckled["fd_coarse"] < evaluate_arrays(
+        np.clip(sample.astype(int) + noise, 0, 255).astype(np.uint8), None, ext, ext.features(ref))["fd"]

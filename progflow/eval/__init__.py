@@ -9,6 +9,7 @@ or ``~/.cache/progflow``). Typical use::
     evaluate_npz("samples.npz")   # {"fd": ..., "precision": ..., "recall": ..., ...}
 """
 
+from .bands import band_scores, split_bands
 from .classifier import (
     FmnistCNN,
     build_fmnist_classifier,
@@ -25,6 +26,8 @@ from .features import DEFAULT_SPEC, ClassifierFeatures, FeatureExtractor, get_ex
 from .metrics import class_accuracy, feature_stats, frechet_distance, precision_recall
 
 __all__ = [
+    "band_scores",
+    "split_bands",
     "FmnistCNN",
     "build_fmnist_classifier",
     "cache_dir",
