@@ -43,6 +43,19 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
 
     assert_one_line_error(run_cli(*args, "--arms", "dfm9", env=env), "unknown --arms ['dfm9']")
 
+    # band scores of the final cfg-1 samples; a cached result made without them gets them
+    # from the same samples again (same seed), so the values are reproduced exactly
+    cached = dfm3_log.with_name("bench_result.json")
+    saved = json.loads(cached.read_text())
+    final1 = [f for f in saved["result"]["final"] if f["cfg"] == 1.0][0]
+    bands = {k: final1.pop(k) for k in ("fd_coarse", "fine_rms_ratio")}
+    assert bands["fd_coarse"] > 0 and bands["fine_rms_ratio"] > 0
+    cached.write_text(json.dumps(saved))
+    run_cli(*args, "--arms", "dfm3", env=env, check=0, timeout=600)
+    again = json.loads(cached.read_text())
+    assert {k: [f for f in again["result"]["final"] if f["cfg"] == 1.0][0][k] for k in bands} == bands
+    assert dfm3_log.read_text() == before
+
 
 def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
     env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))

@@ -48,6 +48,7 @@ SAMPLE_ABLATIONS = {
     "tau0.9": {"method.thresholds": [0.9]},
     "steps20+20": {"method.stage_steps": [20, 20]},
 }
+FINAL_SEED = 200  # sampling seed of the final scores (the curve uses 100)
 SEED_ARMS = ("base", "dfm2")  # arms trained with every seed; others with the first seed only
 
 
@@ -83,16 +84,41 @@ def _config(preset_pattern: str, overrides: dict, seed: int, s: dict, tiny: bool
     return cfg.with_overrides(extra) if extra else cfg
 
 
-def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float) -> dict:
-    from progflow.eval import evaluate_arrays
+def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float, band_ref=None) -> dict:
+    """Sample ``n`` images and score them; with ``band_ref`` (uint8 NHWC reference images)
+    also the coarse/fine band scores (:func:`progflow.eval.band_scores`)."""
+    from progflow.data import center_crop
+    from progflow.eval import band_scores, evaluate_arrays
     from progflow.sampling import generate, to_nhwc
 
     t0 = time.perf_counter()
     images, labels, used, _ = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale, progress=False)
     dt = time.perf_counter() - t0
     r = evaluate_arrays(to_nhwc(images), labels.numpy(), extractor, ref)
-    return {"cfg": cfg_scale, "nfe": used, "n": n, "fd": r["fd"], "precision": r["precision"], "recall": r["recall"],
-            "class_accuracy": r["class_accuracy"], "sample_s": dt}
+    out = {"cfg": cfg_scale, "nfe": used, "n": n, "fd": r["fd"], "precision": r["precision"], "recall": r["recall"],
+           "class_accuracy": r["class_accuracy"], "sample_s": dt}
+    if band_ref is not None:  # (synthetic tiny runs make 32px frames; the reference is 28px)
+        out.update({k: v for k, v in band_scores(to_nhwc(center_crop(images, band_ref.shape[1:3])), extractor,
+                                                  band_ref).items() if k != "n"})
+    return out
+
+
+def _add_bands(run: Path, result: dict, key: dict, s: dict, extractor, ref, band_ref) -> dict:
+    """Band scores for the final cfg-1 samples of a run scored without them: the same
+    samples again (same seed), then the cached result is rewritten."""
+    from progflow.sampling import load_run
+
+    final = [f for f in result["final"] if f["cfg"] == 1.0]
+    if not final or "fd_coarse" in final[0]:
+        return result
+    cfg_r, model, _ = load_run(run)
+    again = _score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=1.0,
+                   band_ref=band_ref)
+    final[0].update(fd_coarse=again["fd_coarse"], fine_rms_ratio=again["fine_rms_ratio"])
+    write_result({"key": key, "result": result}, run / "bench_result.json")
+    print(f"  {result['arm']} seed {result['seed']}: coarse FD {again['fd_coarse']:.2f}, "
+          f"fine RMS ratio {again['fine_rms_ratio']:.3f}", flush=True)
+    return result
 
 
 def _cache_key(cfg, s: dict, extractor, sample_variants: dict) -> dict:
@@ -110,19 +136,20 @@ def _cached(run: Path, key: dict) -> dict | None:
     return saved["result"] if saved.get("key") == json.loads(json.dumps(key)) else None
 
 
-def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict) -> dict:
+def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict, band_ref) -> dict:
     run = root / f"{name}-seed{cfg.seed}"
     key = _cache_key(cfg, s, extractor, sample_variants)
     result = _cached(run, key)
     if result is not None:
         print(f"  {name} seed {cfg.seed}: finished earlier, scores read from {run / 'bench_result.json'}", flush=True)
-    else:
-        result = _train_and_score_uncached(name, cfg, run, s, extractor, ref, sample_variants)
-        write_result({"key": key, "result": result}, run / "bench_result.json")
+        return _add_bands(run, result, key, s, extractor, ref, band_ref)
+    result = _train_and_score_uncached(name, cfg, run, s, extractor, ref, sample_variants, band_ref)
+    write_result({"key": key, "result": result}, run / "bench_result.json")
     return result
 
 
-def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sample_variants: dict) -> dict:
+def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sample_variants: dict,
+                              band_ref) -> dict:
     from progflow import checkpoint as ckpt
     from progflow.sampling import load_run
     from progflow.train import train
@@ -140,13 +167,14 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
         curve.append({"step": step, "fd": r["fd"], "class_accuracy": r["class_accuracy"]})
         print(f"  {name} seed {cfg.seed} step {step}: FD {r['fd']:.2f} (n={s['n_curve']})", flush=True)
     cfg_r, model, _ = load_run(run)
-    final = [_score(cfg_r, model, extractor, ref, n=s["n"], seed=200, nfe=s["nfe"], cfg_scale=w) for w in s["cfg_scales"]]
+    final = [_score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=w,
+                    band_ref=band_ref if w == 1.0 else None) for w in s["cfg_scales"]]
     for f in final:
         print(f"  {name} seed {cfg.seed} final cfg {f['cfg']}: FD {f['fd']:.2f} acc {f['class_accuracy']:.3f}", flush=True)
     variants = {}
     for vname, over in sample_variants.items():
         vcfg = cfg_r.with_overrides(over)
-        variants[vname] = _score(vcfg, model, extractor, ref, n=s["n"], seed=200, nfe=s["nfe"], cfg_scale=1.0)
+        variants[vname] = _score(vcfg, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=1.0)
         print(f"  {name} sampling variant {vname}: FD {variants[vname]['fd']:.2f}", flush=True)
     return {"arm": name, "seed": cfg.seed, "preset": cfg.preset, "method": cfg.to_dict()["method"],
             "train_wall_s": wall, "train_images_per_s_median": ips, "curve": curve, "final": final,
@@ -188,6 +216,10 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
             row[f"fd_cfg{w}"] = {"mean": statistics.mean(fds), "std": statistics.stdev(fds) if len(fds) > 1 else 0.0,
                                  "values": fds}
             row[f"class_acc_cfg{w}"] = statistics.mean(accs)
+        for band in ("fd_coarse", "fine_rms_ratio"):  # cfg 1 only
+            vals = [f.get(band) for r in rs for f in r["final"] if f["cfg"] == 1.0]
+            if vals and None not in vals:
+                row[f"{band}_cfg1.0"] = statistics.mean(vals)
         out[arm] = row
     if "base" in out:
         for arm, row in out.items():
@@ -242,7 +274,7 @@ def run_timing(args) -> Path:
 
 
 def run_quality(args) -> Path:
-    from progflow.eval import get_extractor, reference_stats
+    from progflow.eval import fmnist_test_images, get_extractor, reference_stats
 
     if args.timing_only:
         return run_timing(args)
@@ -262,6 +294,7 @@ def run_quality(args) -> Path:
         raise ConfigError(f"unknown --arms {sorted(chosen - known)}; choose from {sorted(known)}")
     extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
     ref = reference_stats(extractor, data_dir=args.data_dir)
+    band_ref = fmnist_test_images(args.data_dir)[0]
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
     runs, timing = {}, None
@@ -271,7 +304,7 @@ def run_quality(args) -> Path:
         run = root / f"{arm}-seed{seed}"
         if arm in chosen:
             print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
-            runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants)
+            runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants, band_ref)
         elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
             runs[run] = cached  # finished by another process
         done = [runs[r] for r in sorted(runs)]
