@@ -16,6 +16,7 @@ DEMO_CFG = 1.5
 
 def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | None = None,
              cfg_scale: float | None = None, seed: int = 0, data_dir: str | None = None) -> dict:
+    from progflow.bench import result_header
     from progflow.eval import evaluate_npz, get_extractor
     from progflow.sampling import sample_run
     from progflow.train import train
@@ -31,14 +32,19 @@ def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | N
     t_train = time.time() - t0
     print("[demo] preparing the scoring classifier (trained once, then cached)")
     extractor = get_extractor("fmnist-classifier", data_dir=data_dir)
+    t_classifier = time.time() - t0 - t_train
     print(f"[demo] sampling {n} images")
     t1 = time.time()
     s = sample_run(out, n=n, out=out / "samples.npz", seed=seed, nfe=nfe or DEMO_NFE,
                    cfg_scale=DEMO_CFG if cfg_scale is None else cfg_scale)
     t_sample = time.time() - t1
     scores = evaluate_npz(s["npz"], extractor=extractor, data_dir=data_dir)
-    (out / "scores.json").write_text(json.dumps({**scores, "sampling": s}, indent=2))
     total = time.time() - t0
+    minutes = {"total": total / 60, "training": t_train / 60, "classifier": t_classifier / 60,
+               "sampling": t_sample / 60}
+    record = {**result_header(seed), **scores, "sampling": s,
+              "wall_minutes": {k: round(v, 2) for k, v in minutes.items()}}
+    (out / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "",
         "=" * 64,
@@ -51,7 +57,8 @@ def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | N
         f"FD          {scores['fd']:.2f}   (features: {scores['features']}, vs {scores['reference']})",
         f"class acc.  {scores['class_accuracy']:.3f}",
         f"precision   {scores['precision']:.3f}   recall {scores['recall']:.3f}",
-        f"time        {total / 60:.1f} min (training {t_train / 60:.1f}, sampling {t_sample / 60:.1f})",
+        f"time        {total / 60:.1f} min (training {t_train / 60:.1f}, scoring classifier {t_classifier / 60:.1f}, "
+        f"sampling {t_sample / 60:.1f})",
         "=" * 64,
     ]
     print("\n".join(lines))

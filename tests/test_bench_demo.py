@@ -64,6 +64,8 @@ def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
     assert "FD" in p.stdout and "class acc." in p.stdout
     scores = json.loads((out / "scores.json").read_text())
     assert scores["n"] == 20 and scores["fd"] > 0 and 0 <= scores["class_accuracy"] <= 1
+    assert {"command", "machine", "date", "seed"} <= scores.keys() and scores["command"].startswith("progflow demo")
+    assert set(scores["wall_minutes"]) == {"total", "training", "classifier", "sampling"}
     assert (out / "samples.png").exists()
     p = run_cli("eval", out / "samples.npz", env=env, check=0)
     assert json.loads(p.stdout)["fd"] == scores["fd"]  # eval is deterministic
