@@ -35,6 +35,7 @@ ARMS = {
 # 2-stage DFM with one thing changed (the defaults: p_q [0.9, 0.1], earlier stages at
 # logit-normal(1.5, 1), Laplacian pyramid, no standardisation)
 TRAIN_ABLATIONS = {
+    "dfm2-pq0.3": ("fmnist-dfm-{size}", {"method.stage_probs": [0.3, 0.7]}),
     "dfm2-pq0.5": ("fmnist-dfm-{size}", {"method.stage_probs": [0.5, 0.5]}),
     "dfm2-pq0.7": ("fmnist-dfm-{size}", {"method.stage_probs": [0.7, 0.3]}),
     "dfm2-std-pq0.7": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.7, 0.3]}),
