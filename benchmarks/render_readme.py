@@ -44,8 +44,11 @@ def quality_table() -> str:
              f"{s['nfe']} NFE (DFM: 30 + 10 for 2 stages), EMA weights; mean ± std over seeds where 2 seeds ran.", "",
              "| arm | seeds | " + " | ".join(f"FD cfg {w}" for w in scales) + " | "
              + " | ".join(f"FD / base, cfg {w}" for w in scales) + f" | class acc. cfg {scales[0]} | "
-             "coarse-band FD cfg 1 | fine-band RMS / real | train img/s |",
-             "|---" * (6 + 2 * len(scales)) + "|"]
+             "coarse-band FD cfg 1 | fine-band RMS / real | train img/s | train min |",
+             "|---" * (7 + 2 * len(scales)) + "|"]
+    minutes = {}
+    for run in r["runs"]:
+        minutes.setdefault(run["arm"], []).append(run["train_wall_s"] / 60)
     for arm, row in r["summary"].items():
         fds = " | ".join(f"{row[f'fd_cfg{w}']['mean']:.2f}" + (f" ± {row[f'fd_cfg{w}']['std']:.2f}"
                                                                   if len(row["seeds"]) > 1 else "") for w in scales)
@@ -53,7 +56,7 @@ def quality_table() -> str:
         bands = " | ".join(f"{row[k]:.{d}f}" if k in row else "-"
                            for k, d in (("fd_coarse_cfg1.0", 2), ("fine_rms_ratio_cfg1.0", 3)))
         lines.append(f"| {arm} | {len(row['seeds'])} | {fds} | {ratios} | {row[f'class_acc_cfg{scales[0]}']:.3f} | "
-                     f"{bands} | {row['train_images_per_s']:.0f} |")
+                     f"{bands} | {row['train_images_per_s']:.0f} | {sum(minutes[arm]) / len(minutes[arm]):.1f} |")
     st = r.get("step_time")
     if st:
         lines += ["", "Training step time relative to base, measured in the collecting run with the CPU to itself "
