@@ -40,10 +40,11 @@ TRAIN_ABLATIONS = {
     "dfm2-pq0.7": ("fmnist-dfm-{size}", {"method.stage_probs": [0.7, 0.3]}),
     "dfm2-std-pq0.7": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.7, 0.3]}),
     "dfm2-loc0": ("fmnist-dfm-{size}", {"method.earlier_loc": 0.0}),
+    "dfm2-std": ("fmnist-dfm-{size}", {"method.standardize": True}),
+    "dfm2-std-pq0.3": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.3, 0.7]}),
+    "dfm2-tied": ("fmnist-dfm-{size}", {"method.tied_times": True}),
+    "dfm2-haar": ("fmnist-dfm-{size}", {"method.decomposition": "haar", "model.stage_patches": [2, 2]}),
 }
-# not in the default run (time); the switches for them exist:
-#   Haar DWT: {"method.decomposition": "haar", "model.stage_patches": [2, 2]}
-#   standardisation alone: {"method.standardize": True}
 # sampling-only variants of the trained 2-stage model (default: tau 0.7, 30 + 10 steps)
 SAMPLE_ABLATIONS = {
     "tau0.5": {"method.thresholds": [0.5]},
@@ -241,12 +242,14 @@ def _plot(runs: list[dict], path: Path) -> None:
         return
     arms = sorted({r["arm"] for r in runs})
     ablations = [a for a in arms if a not in ARMS]
-    fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(11 if ablations else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(13 if ablations else 6, 4.5), squeeze=False)
     panels = [("base vs DFM", [a for a in arms if a in ARMS])]
     if ablations:
         panels.append(("DFM ablations (seed 0)", ["base", "dfm2", *ablations]))
     first_seed = min(r["seed"] for r in runs)
-    colors = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate([*ARMS, *ablations])}
+    cmap = plt.get_cmap("tab20")  # its dark shades first, then the light ones: 20 distinct colours
+    palette = [cmap(2 * k + light) for light in (0, 1) for k in range(10)]
+    colors = {a: palette[i % 20] for i, a in enumerate([*ARMS, *ablations])}
     for i, (ax, (title, shown)) in enumerate(zip(axes[0], panels)):
         for r in runs:
             if r["arm"] not in shown or (i == 1 and r["seed"] != first_seed):
@@ -257,7 +260,7 @@ def _plot(runs: list[dict], path: Path) -> None:
         ax.set_xlabel("training step")
         ax.set_ylabel("FD (classifier features, cfg 1)")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(f"Fashion-MNIST 32px: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
