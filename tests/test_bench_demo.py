@@ -56,6 +56,12 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
     assert {k: [f for f in again["result"]["final"] if f["cfg"] == 1.0][0][k] for k in bands} == bands
     assert dfm3_log.read_text() == before
 
+    # a further seed of an arm that trains one seed by default: only when named in --arms
+    run_cli(*args, "--arms", "dfm3", "--seeds", "0", "1", env=env, check=0, timeout=600)
+    r = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert r["summary"]["dfm3"]["seeds"] == [0, 1] and dfm3_log.read_text() == before
+    assert (dfm3_log.parent.with_name("dfm3-seed1") / "bench_result.json").exists()
+
 
 def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
     env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))

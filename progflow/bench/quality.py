@@ -3,7 +3,8 @@ compute on Fashion-MNIST 32px: same width, depth, token count, batch, steps and 
 
 For every arm and seed: train, score the EMA weights at every checkpoint (FD-vs-step
 curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` samples at
-40 NFE for each guidance scale. DFM ablations (training and sampling) run on seed 0.
+40 NFE for each guidance scale. Base and 2-stage DFM train every seed; the other arms
+(3 stages, the DFM ablations) the first seed, and the others only when named in ``--arms``.
 Also an interleaved step-time measurement of base and DFM at the same batch.
 Results go to ``benchmarks/results/quality[_tiny].json`` and an FD-vs-step plot.
 
@@ -287,12 +288,11 @@ def run_quality(args) -> Path:
     tiny = args.tiny
     root = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality")
     out = Path(args.out_dir) / ("quality_tiny.json" if tiny else "quality.json")
+    # (arm, preset pattern, overrides, seed, optional): arms outside SEED_ARMS train their
+    # further seeds only when named in --arms; finished ones are always collected
     jobs = []
-    for arm, (pattern, over) in ARMS.items():
-        for seed in (s["seeds"] if arm in SEED_ARMS else s["seeds"][:1]):
-            jobs.append((arm, pattern, over, seed))
-    if s["ablations"]:
-        jobs += [(name, pattern, over, s["seeds"][0]) for name, (pattern, over) in TRAIN_ABLATIONS.items()]
+    for arm, (pattern, over) in {**ARMS, **(TRAIN_ABLATIONS if s["ablations"] else {})}.items():
+        jobs += [(arm, pattern, over, seed, arm not in SEED_ARMS and i > 0) for i, seed in enumerate(s["seeds"])]
     known = {arm for arm, *_ in jobs}
     chosen = set(args.arms or known)
     if chosen - known:
@@ -303,11 +303,11 @@ def run_quality(args) -> Path:
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
     runs, timing = {}, None
-    for arm, pattern, over, seed in jobs:
+    for arm, pattern, over, seed, optional in jobs:
         cfg = _config(pattern, over, seed, s, tiny)
         variants = SAMPLE_ABLATIONS if (arm == "dfm2" and seed == s["seeds"][0] and s["ablations"]) else {}
         run = root / f"{arm}-seed{seed}"
-        if arm in chosen:
+        if arm in chosen and not (optional and args.arms is None):
             print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
             runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants, band_ref)
         elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
