@@ -72,7 +72,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--arms", nargs="+", metavar="ARM",
                    help="quality: run only these arms (base, dfm2, dfm3, dfm2-pq0.5, ...); finished runs of other "
                    "arms are collected from --runs-dir. Without it every arm runs and the step time is measured. "
-                        "Arms other than base and dfm2 train only the first of --seeds, unless named here")
+                   "Arms other than base and dfm2 train only the first of --seeds, unless named here")
     p.add_argument("--timing-only", action="store_true",
                    help="quality: only the interleaved base/DFM training-step timing (writes step_time.json)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")

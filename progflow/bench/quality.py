@@ -4,7 +4,8 @@ compute on Fashion-MNIST 32px: same width, depth, token count, batch, steps and 
 For every arm and seed: train, score the EMA weights at every checkpoint (FD-vs-step
 curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` samples at
 40 NFE for each guidance scale. Base and 2-stage DFM train every seed; the other arms
-(3 stages, the DFM ablations) the first seed, and the others only when named in ``--arms``.
+(3 stages, the DFM ablations) train the first seed, and further seeds only when named in
+``--arms``.
 Also an interleaved step-time measurement of base and DFM at the same batch.
 Results go to ``benchmarks/results/quality[_tiny].json`` and an FD-vs-step plot.
 
