@@ -57,6 +57,10 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
     assert dfm3_log.read_text() == before
 
     # a further seed of an arm that trains one seed by default: only when named in --arms
+    run_cli(*args, "--seeds", "0", "1", env=env, check=0, timeout=600)
+    r = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert r["summary"]["base"]["seeds"] == [0, 1] and r["summary"]["dfm3"]["seeds"] == [0]
+    assert not dfm3_log.parent.with_name("dfm3-seed1").exists()
     run_cli(*args, "--arms", "dfm3", "--seeds", "0", "1", env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert r["summary"]["dfm3"]["seeds"] == [0, 1] and dfm3_log.read_text() == before
