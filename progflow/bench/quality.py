@@ -245,10 +245,10 @@ def _plot(runs: list[dict], path: Path) -> None:
     arms = sorted({r["arm"] for r in runs})
     ablations = [a for a in arms if a not in ARMS]
     fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(13 if ablations else 6, 4.5), squeeze=False)
+    first_seed = min(r["seed"] for r in runs)
     panels = [("base vs DFM", [a for a in arms if a in ARMS])]
     if ablations:
-        panels.append(("DFM ablations (seed 0)", ["base", "dfm2", *ablations]))
-    first_seed = min(r["seed"] for r in runs)
+        panels.append((f"DFM ablations (seed {first_seed})", ["base", "dfm2", *ablations]))
     cmap = plt.get_cmap("tab20")  # its dark shades first, then the light ones: 20 distinct colours
     palette = [cmap(2 * k + light) for light in (0, 1) for k in range(10)]
     colors = {a: palette[i % 20] for i, a in enumerate([*ARMS, *ablations])}
