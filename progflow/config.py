@@ -24,9 +24,6 @@ import yaml
 from progflow.errors import ConfigError
 
 DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
-Arch = Literal["dit", "dfm"]
-MethodName = Literal["flow", "dfm"]
-Decomposition = Literal["laplacian", "haar", "identity"]
 
 # Model sizes: width, depth, heads. Parameter counts at 32x32, patch 4, 1 channel:
 # xs ~0.3M, s ~4.1M, b ~21M.
@@ -73,9 +70,19 @@ class DataConfig:
         return (self.channels, self.frames, s, s) if self.frames else (self.channels, s, s)
 
 
+def _check_registered(obj, name: str, entry) -> None:
+    """The config class must be the one registered for its name (``DFMConfig`` for ``dfm``)."""
+    if type(obj) is not entry.config_cls:
+        raise ConfigError(f"{name} {getattr(obj, 'arch', getattr(obj, 'name', ''))!r} takes a "
+                          f"{entry.config_cls.__name__}, not a {type(obj).__name__}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Arch = "dit"
+    """Fields every backbone has. An architecture with more fields registers a subclass
+    (:func:`progflow.registry.register_arch`); ``arch`` picks it when a config is read."""
+
+    arch: str = "dit"
     size: str = "s"  # a key of MODEL_SIZES; width/depth/heads of 0 take its values
     width: int = 0
     depth: int = 0
@@ -83,10 +90,11 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     patch: int = 4  # spatial patch of the finest (or only) stage
     temporal_patch: int = 1  # video only
-    stage_patches: tuple[int, ...] = ()  # DFM: spatial patch per stage, coarse to fine
 
     def __post_init__(self):
-        _check_choice(self.arch, "model.arch", typing.get_args(Arch))
+        from progflow.registry import arch_entry
+
+        _check_registered(self, "model.arch", arch_entry(self.arch))
         _check_choice(self.size, "model.size", tuple(MODEL_SIZES))
         w, d, h = MODEL_SIZES[self.size]
         for name, default in (("width", w), ("depth", d), ("heads", h)):
@@ -99,7 +107,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: MethodName = "flow"
+    """Fields every method has (plain flow matching uses exactly these). A method with
+    more fields registers a subclass (:func:`progflow.registry.register_method`)."""
+
+    name: str = "flow"
     time_sampler: Literal["uniform", "logit-normal"] = "logit-normal"
     t_loc: float = 0.0
     t_scale: float = 1.0
@@ -108,34 +119,23 @@ class MethodConfig:
     nfe: int = 40
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
-    # DFM (methods.md section 2); ignored by plain flow matching.
-    decomposition: Decomposition = "laplacian"
-    stages: int = 1
-    stage_probs: tuple[float, ...] = ()
-    earlier_loc: float = 1.5
-    earlier_scale: float = 1.0
-    per_sample_stage: bool = True
-    tied_times: bool = False
-    standardize: bool = False
-    stage_std: tuple[float, ...] = ()  # estimated once from data when standardize is on
-    thresholds: tuple[float, ...] = ()  # one per stage after the first
-    stage_steps: tuple[int, ...] = ()  # Euler steps per sampling phase, e.g. (30, 10)
+    solver: str = "euler"  # a name of progflow.solvers
+    shift: float = 1.0  # SD3-style time-grid shift; 1 = uniform grid
 
     def __post_init__(self):
-        _check_choice(self.name, "method.name", typing.get_args(MethodName))
+        from progflow.registry import method_entry
+
+        _check_registered(self, "method.name", method_entry(self.name))
         _check_choice(self.time_sampler, "method.time_sampler", ("uniform", "logit-normal"))
-        _check_choice(self.decomposition, "method.decomposition", typing.get_args(Decomposition))
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"method.label_dropout must be in [0, 1); got {self.label_dropout}")
-        _check_positive(self, "t_scale", "nfe", "stages")
+        _check_positive(self, "t_scale", "nfe", "shift")
         lo, hi = self.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(f"method.cfg_interval must satisfy 0 <= lo <= hi <= 1; got {self.cfg_interval}")
-        if self.stage_probs:
-            if len(self.stage_probs) != self.stages:
-                raise ConfigError(f"method.stage_probs has {len(self.stage_probs)} entries for {self.stages} stages")
-            if any(p < 0 for p in self.stage_probs) or not math.isclose(sum(self.stage_probs), 1.0, abs_tol=1e-6):
-                raise ConfigError(f"method.stage_probs must be non-negative and sum to 1; got {list(self.stage_probs)}")
+        from progflow.solvers import solver_names
+
+        _check_choice(self.solver, "method.solver", solver_names())
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,18 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
 
-_NESTED = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig}
+def _section_class(name: str, d: dict):
+    """The dataclass of a nested section; model and method depend on their arch / name."""
+    from progflow.registry import arch_entry, method_entry
+
+    if name == "data":
+        return DataConfig
+    if name == "model":
+        return arch_entry(d.get("arch", "dit") if isinstance(d, dict) else "dit").config_cls
+    return method_entry(d.get("name", "flow") if isinstance(d, dict) else "flow").config_cls
+
+
+_NESTED = ("data", "model", "method")
 
 
 def _build(cls, d: dict, prefix: str):
@@ -222,7 +233,7 @@ def _build(cls, d: dict, prefix: str):
             continue
         v = d[f.name]
         if f.name in _NESTED and cls is TrainConfig:
-            v = _build(_NESTED[f.name], v, f.name + ".")
+            v = _build(_section_class(f.name, v), v, f.name + ".")
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[f.name] = _coerce(v, f, prefix)

@@ -19,16 +19,13 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from progflow.config import ModelConfig
 from progflow.nn.dit import DiT, build_model, count_parameters
 
 
-def _dummy_inputs(model, cfg) -> tuple:
-    y = torch.zeros(1, dtype=torch.long)
-    if cfg.model.arch == "dfm":
-        S = model.num_stages
-        x = [torch.zeros(1, *shape) for shape in model.stage_shapes]
-        return x, torch.full((1, S), 0.5), y, torch.full((1,), S - 1, dtype=torch.long)
-    return torch.zeros(1, *cfg.data.shape), torch.full((1,), 0.5), y
+def base_model_config(model: ModelConfig) -> ModelConfig:
+    """The plain DiT fields of any architecture's model config (its base twin)."""
+    return ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)} | {"arch": "dit"})
 
 
 def forward_flops(model, inputs: tuple) -> int:
@@ -49,16 +46,14 @@ def model_info(cfg) -> dict:
 
         cfg = preset_config(cfg)
     model = build_model(cfg).eval()
-    base_cfg = dataclasses.replace(cfg.model, arch="dit", stage_patches=())
-    base = DiT(cfg.data, base_cfg).eval()
+    base = DiT(cfg.data, base_model_config(cfg.model)).eval()
     params, base_params = count_parameters(model), count_parameters(base)
-    flops = forward_flops(model, _dummy_inputs(model, cfg))
-    base_inputs = (torch.zeros(1, *cfg.data.shape), torch.full((1,), 0.5), torch.zeros(1, dtype=torch.long))
-    base_flops = forward_flops(base, base_inputs)
+    flops = forward_flops(model, model.example_inputs())
+    base_flops = forward_flops(base, base.example_inputs())
     return {
         "arch": cfg.model.arch,
         "method": cfg.method.name,
-        "stages": cfg.method.stages if cfg.model.arch == "dfm" else 1,
+        "stages": getattr(cfg.method, "stages", 1),
         "sample_shape": list(cfg.data.shape),
         "tokens": math.prod(model.grid),
         "base_tokens": math.prod(base.grid),

@@ -53,7 +53,6 @@ def preset_names() -> list[str]:
 
 def _load_method_presets() -> None:
     """Methods living in their own modules register their presets on import."""
-    try:
-        import progflow.methods.dfm  # noqa: F401
-    except ImportError:
-        pass
+    from progflow.registry import load_plugins
+
+    load_plugins()

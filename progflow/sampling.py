@@ -72,7 +72,7 @@ def atomic_savez(path: Path, **arrays) -> None:
 @torch.no_grad()
 def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None = None, cfg_scale: float | None = None,
              cfg_interval=None, batch_size: int = 250, previews: bool = False, progress: bool = True,
-             device: str = "cpu"):
+             device: str = "cpu", solver: str | None = None, shift: float | None = None):
     """Class-balanced samples: ``(images uint8 NCHW/NCTHW cropped, labels, nfe, previews)``.
 
     Batch ``b`` draws its noise from a generator seeded by ``(seed, b)``.
@@ -84,7 +84,7 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch")):
         y = labels[start:start + batch_size].to(device)
         res = method.sample(model, y, generator=generator(seed, 3, b), nfe=nfe, cfg_scale=cfg_scale,
-                            cfg_interval=cfg_interval, previews=previews)
+                            cfg_interval=cfg_interval, previews=previews, solver=solver, shift=shift)
         used = res.nfe
         out.append(to_uint8(center_crop(res.x, crop)).cpu())
         if previews and res.previews:
@@ -96,7 +96,8 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
 
 def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, seed: int = 0, nfe: int | None = None,
                cfg_scale: float | None = None, cfg_interval=None, batch_size: int = 250, step: int | None = None,
-               ema: bool = True, previews: bool = False, progress: bool = True, device: str = "cpu") -> dict:
+               ema: bool = True, previews: bool = False, progress: bool = True, device: str = "cpu",
+               solver: str | None = None, shift: float | None = None) -> dict:
     """Sample a run to ``out`` (default ``RUN_DIR/samples.npz``); returns a summary dict."""
     if n <= 0:
         raise ProgflowError(f"--n must be positive; got {n}")
@@ -107,7 +108,7 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     out.parent.mkdir(parents=True, exist_ok=True)
     images, labels, used, strips = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
                                             cfg_interval=cfg_interval, batch_size=batch_size, previews=previews,
-                                            progress=progress, device=device)
+                                            progress=progress, device=device, solver=solver, shift=shift)
     atomic_savez(out, images=to_nhwc(images), labels=labels.numpy().astype(np.int64))
     grid = out.with_suffix(".png")
     k = cfg.data.num_classes
@@ -117,7 +118,8 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
         show = show[:, :, 0]
     save_grid_png(to_nhwc(show), grid, nrow=k)
     summary = {"npz": str(out), "grid": str(grid), "n": n, "nfe": used, "checkpoint": str(path),
-               "cfg_scale": cfg.method.cfg_scale if cfg_scale is None else cfg_scale, "seed": seed}
+               "cfg_scale": cfg.method.cfg_scale if cfg_scale is None else cfg_scale, "seed": seed,
+               "solver": solver or cfg.method.solver, "shift": cfg.method.shift if shift is None else shift}
     if strips is not None:
         pdir = out.with_name(out.stem + "_previews")
         pdir.mkdir(exist_ok=True)

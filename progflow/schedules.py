@@ -31,6 +31,11 @@ def shifted_grid(n: int, shift: float) -> torch.Tensor:
     return shift_time(uniform_grid(n), shift)
 
 
+def time_grid(n: int, shift: float = 1.0) -> torch.Tensor:
+    """``n`` intervals from 0 to 1, uniform for ``shift == 1``, else :func:`shifted_grid`."""
+    return uniform_grid(n) if shift == 1.0 else shifted_grid(n, shift)
+
+
 # ---- multi-stage DFM schedule (methods.md section 2) --------------------------------------
 
 

@@ -24,7 +24,10 @@ def test_help_explains_each_command():
 @pytest.mark.parametrize("args,needles", [
     (["--steps", "-5"], ["steps must be positive"]),
     (["--set", "model.patch=5"], ["not divisible by model.patch"]),
-    (["--set", "method.stages=2", "--set", "method.stage_probs=[0.5,0.6]"], ["sum to 1"]),
+    (["--preset", "fmnist-dfm-xs", "--set", "method.stage_probs=[0.5,0.6]"], ["sum to 1"]),
+    (["--set", "method.stages=2"], ["unknown config field", "method.stages"]),  # a DFM field on plain flow
+    (["--set", "method.name=nosuch"], ["method.name must be one of", "dfm", "flow"]),
+    (["--set", "model.arch=nosuch"], ["model.arch must be one of", "dit"]),
     (["--set", "model.nonsense=1"], ["unknown config field", "model.nonsense"]),
     (["--set", "method.cfg_interval=[0.9,0.1]"], ["cfg_interval"]),
 ])

@@ -1,27 +1,23 @@
 """Training methods: each owns its loss and its sampler, built on paths, solvers and nets.
 
-A method class has:
+A method lives in its own module here and registers itself on import
+(:func:`progflow.registry.register_method`) with its config class, a subclass of
+:class:`progflow.config.MethodConfig`. A method class has:
+
 - ``validate(cfg)``: config checks beyond the field ranges (raise ConfigError);
 - ``prepare(cfg, data) -> cfg``: fill data-derived config (e.g. stage statistics), once;
 - ``loss(model, x1, y, rng) -> (loss, stats)`` with ``rng`` a :class:`progflow.rng.BatchRandom`;
-- ``sample(model, y, *, generator, nfe, cfg_scale, cfg_interval, previews) -> SampleResult``.
+- ``sample(model, y, *, generator, nfe, cfg_scale, cfg_interval, previews, solver, shift) -> SampleResult``.
 """
 
 from __future__ import annotations
 
 from progflow.methods.base import SampleResult
+from progflow.registry import method_entry
 
 
 def method_class(name: str):
-    if name == "flow":
-        from progflow.methods.flow import FlowMatching
-
-        return FlowMatching
-    if name == "dfm":
-        from progflow.methods.dfm import DecomposableFlowMatching
-
-        return DecomposableFlowMatching
-    raise ValueError(f"unknown method {name!r}")
+    return method_entry(name).impl
 
 
 def build_method(cfg):

@@ -26,19 +26,56 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from progflow.decompose import Standardized, build_decomposition, estimate_stage_std, sample_stage_shapes
+from progflow.config import MethodConfig
 from progflow.errors import ConfigError
 from progflow.guidance import CFG
 from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import expand_time, interpolate, logit_normal_from_normal, velocity_target
 from progflow.presets import PRESETS, register_preset
+from progflow.registry import register_method
 from progflow.schedules import dfm_schedule, split_steps
 from progflow.solvers import euler
 
 STD_SUBSET = 512  # samples used to estimate per-stage scales
+Decomposition = Literal["laplacian", "haar", "identity"]
+
+
+@dataclass(frozen=True)
+class DFMConfig(MethodConfig):
+    """``method.name = "dfm"``: the common method fields plus DFM's own."""
+
+    name: str = "dfm"
+    decomposition: Decomposition = "laplacian"
+    stages: int = 1
+    stage_probs: tuple[float, ...] = ()
+    earlier_loc: float = 1.5
+    earlier_scale: float = 1.0
+    per_sample_stage: bool = True
+    tied_times: bool = False
+    standardize: bool = False
+    stage_std: tuple[float, ...] = ()  # estimated once from data when standardize is on
+    thresholds: tuple[float, ...] = ()  # one per stage after the first
+    stage_steps: tuple[int, ...] = ()  # steps per sampling phase, e.g. (30, 10)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.decomposition not in ("laplacian", "haar", "identity"):
+            raise ConfigError(f"method.decomposition must be one of laplacian, haar, identity; "
+                              f"got {self.decomposition!r}")
+        if not isinstance(self.stages, int) or isinstance(self.stages, bool) or self.stages < 1:
+            raise ConfigError(f"method.stages must be a positive integer; got {self.stages!r}")
+        if self.stage_probs:
+            if len(self.stage_probs) != self.stages:
+                raise ConfigError(f"method.stage_probs has {len(self.stage_probs)} entries for {self.stages} stages")
+            if any(p < 0 for p in self.stage_probs) or not math.isclose(sum(self.stage_probs), 1.0, abs_tol=1e-6):
+                raise ConfigError(f"method.stage_probs must be non-negative and sum to 1; got {list(self.stage_probs)}")
 
 
 def default_stage_probs(stages: int) -> tuple[float, ...]:
@@ -203,11 +240,14 @@ class DecomposableFlowMatching:
 
     @torch.no_grad()
     def sample(self, model, y: torch.Tensor, *, generator: torch.Generator, nfe: int | None = None,
-               cfg_scale: float | None = None, cfg_interval=None, previews: bool = False) -> SampleResult:
+               cfg_scale: float | None = None, cfg_interval=None, previews: bool = False,
+               solver: str | None = None, shift: float | None = None) -> SampleResult:
         """Euler over :func:`dfm_schedule`; returns the merged (un-standardised) samples and,
         with ``previews``, one full-size recomposition at the end of every phase (coarse
         to fine): the data estimates ``x_s + (1 - t_s) v_s`` of the started stages, later
         stages zero. The last preview is the final sample."""
+        if (solver or self.mc.solver) != "euler" or (self.mc.shift if shift is None else shift) != 1.0:
+            raise ConfigError("DFM samples with the Euler solver on its own stage schedule only, so far")
         steps = self.phase_steps(nfe)
         grid = dfm_schedule(steps, self.thresholds)
         scale = self.mc.cfg_scale if cfg_scale is None else cfg_scale
@@ -267,4 +307,5 @@ def _register_presets() -> None:
         register_preset(f"mfmnist-dfm-{size}", vdfm)
 
 
+register_method("dfm", DFMConfig, DecomposableFlowMatching)
 _register_presets()

@@ -2,19 +2,22 @@
 
 Training: ``t ~ logit-normal(m, s)`` (or uniform), ``x_t = t x1 + (1 - t) x0``, loss
 ``mean ||model(x_t, t, y) - (x1 - x0)||^2``, labels dropped to null with probability 0.1.
-Sampling: Euler on a uniform grid with classifier-free guidance.
+Sampling: any solver of :mod:`progflow.solvers` (Euler by default) on a uniform or
+shifted time grid, with classifier-free guidance.
 """
 
 from __future__ import annotations
 
 import torch
 
+from progflow.config import MethodConfig
 from progflow.errors import ConfigError
 from progflow.guidance import CFG
 from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import interpolate, logit_normal_from_normal, velocity_target
-from progflow.schedules import uniform_grid
-from progflow.solvers import euler
+from progflow.schedules import time_grid
+from progflow.registry import register_method
+from progflow.solvers import get_solver
 
 
 class FlowMatching:
@@ -49,8 +52,13 @@ class FlowMatching:
 
     @torch.no_grad()
     def sample(self, model, y: torch.Tensor, *, generator: torch.Generator, nfe: int | None = None,
-               cfg_scale: float | None = None, cfg_interval=None, previews: bool = False) -> SampleResult:
-        nfe = nfe or self.mc.nfe
+               cfg_scale: float | None = None, cfg_interval=None, previews: bool = False,
+               solver: str | None = None, shift: float | None = None) -> SampleResult:
+        """``nfe`` backbone evaluations of ``solver`` on a grid shifted by ``shift``
+        (defaults: the run's ``method.nfe``, ``method.solver``, ``method.shift``)."""
+        spec = get_solver(solver or self.mc.solver)
+        nfe = self.mc.nfe if nfe is None else nfe
+        grid = time_grid(spec.intervals(nfe), self.mc.shift if shift is None else shift)
         guided = CFG(model, y, self.mc.cfg_scale if cfg_scale is None else cfg_scale,
                      self.mc.cfg_interval if cfg_interval is None else cfg_interval)
         x = torch.randn(y.shape[0], *self.shape, generator=generator).to(y.device)
@@ -59,5 +67,8 @@ class FlowMatching:
         def velocity(x, t):
             return guided(x, ones * float(t), guide_time=float(t))
 
-        x, n = euler(velocity, x, uniform_grid(nfe))
+        x, n = spec.integrate(velocity, x, grid)
         return SampleResult(x=x, nfe=n)
+
+
+register_method("flow", MethodConfig, FlowMatching)

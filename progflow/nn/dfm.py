@@ -24,13 +24,24 @@ import math
 import torch
 import torch.nn as nn
 
+from dataclasses import dataclass
+
 from progflow.config import DataConfig, ModelConfig
 from progflow.decompose import Decomposition, build_decomposition, sample_stage_shapes
 from progflow.errors import ConfigError
 from progflow.nn.dit import DiTTrunk, patch_shape, token_grid
 from progflow.nn.layers import FinalLayer, PatchEmbed, TimestepEmbedder, unpatchify
+from progflow.registry import register_arch
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DFMModelConfig(ModelConfig):
+    """``model.arch = "dfm"``: the DiT fields plus one spatial patch per stage."""
+
+    arch: str = "dfm"
+    stage_patches: tuple[int, ...] = ()  # spatial patch per stage, coarse to fine; () = derived
 
 
 def default_stage_patches(data: DataConfig, model: ModelConfig, decomp: Decomposition) -> tuple[int, ...]:
@@ -89,8 +100,10 @@ class DFMDiT(DiTTrunk):
     ``stages`` or ``len(model.stage_patches)``. Only the decomposition's stage shapes are
     used; the split itself belongs to the training method.
 
-    >>> from progflow.config import DataConfig, ModelConfig
-    >>> net = DFMDiT(DataConfig(), ModelConfig(arch="dfm", size="xs", stage_patches=(2, 4)))
+    >>> from dataclasses import dataclass
+
+from progflow.config import DataConfig, ModelConfig
+    >>> net = DFMDiT(DataConfig(), DFMModelConfig(size="xs", stage_patches=(2, 4)))
     >>> x = [torch.zeros(3, 1, 16, 16), torch.zeros(3, 1, 32, 32)]
     >>> [tuple(v.shape) for v in net(x, torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))]
     [(3, 1, 16, 16), (3, 1, 32, 32)]
@@ -117,6 +130,13 @@ class DFMDiT(DiTTrunk):
             FinalLayer(w, shape[0] * math.prod(patch)) for shape, patch in zip(shapes, patches)
         )
 
+    def example_inputs(self, batch: int = 1) -> tuple:
+        """Inputs of one forward pass with every stage active (zeros, ``t = 0.5``, class 0)."""
+        S = self.num_stages
+        x = [torch.zeros(batch, *shape) for shape in self.stage_shapes]
+        return (x, torch.full((batch, S), 0.5), torch.zeros(batch, dtype=torch.long),
+                torch.full((batch,), S - 1, dtype=torch.long))
+
     @staticmethod
     def active_from_time(t_BS: torch.Tensor) -> torch.Tensor:
         """Index of the last stage with ``t > 0`` per sample (0 when none has started)."""
@@ -142,3 +162,7 @@ class DFMDiT(DiTTrunk):
             unpatchify(final(h_BLD, c_BD), shape[0], self.grid, patch)
             for final, shape, patch in zip(self.final, self.stage_shapes, self.patches)
         ]
+
+
+register_arch("dfm", DFMModelConfig, lambda cfg: DFMDiT(cfg.data, cfg.model, decomposition=cfg.method.decomposition,
+                                                         stages=cfg.method.stages))

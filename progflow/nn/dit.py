@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from progflow.config import DataConfig, ModelConfig
+from progflow.registry import arch_entry, register_arch
 from progflow.nn.layers import (
     AdaLNZeroBlock,
     FinalLayer,
@@ -63,6 +64,11 @@ class DiT(DiTTrunk):
         self.embed = PatchEmbed(data.channels, model.width, self.patch)
         self.final = FinalLayer(model.width, data.channels * math.prod(self.patch))
 
+    def example_inputs(self, batch: int = 1) -> tuple:
+        """Inputs of one forward pass (zeros, ``t = 0.5``, class 0), e.g. to count FLOPs."""
+        shape = (self.channels, *(g * p for g, p in zip(self.grid, self.patch)))
+        return torch.zeros(batch, *shape), torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)
+
     def forward(self, x: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
         c = self.t_embed(t_B) + self.y_embed(y_B)
         h = self.run_blocks(self.embed(x), c)
@@ -70,14 +76,12 @@ class DiT(DiTTrunk):
 
 
 def build_model(cfg) -> nn.Module:
-    """Build the backbone of a :class:`~progflow.config.TrainConfig` (``model.arch``)."""
-    if cfg.model.arch == "dit":
-        return DiT(cfg.data, cfg.model)
-    if cfg.model.arch == "dfm":
-        from progflow.nn.dfm import DFMDiT
+    """Build the backbone of a :class:`~progflow.config.TrainConfig` (``model.arch``,
+    looked up in :mod:`progflow.registry`)."""
+    return arch_entry(cfg.model.arch).impl(cfg)
 
-        return DFMDiT(cfg.data, cfg.model, decomposition=cfg.method.decomposition, stages=cfg.method.stages)
-    raise ValueError(f"unknown architecture {cfg.model.arch!r}")
+
+register_arch("dit", ModelConfig, lambda cfg: DiT(cfg.data, cfg.model))
 
 
 def count_parameters(module: nn.Module) -> int:
