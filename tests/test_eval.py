@@ -212,16 +212,36 @@ def test_bad_classifier_files_raise_checkpoint_error(tmp_path):
 
 @needs_fmnist
 def test_get_fmnist_classifier_uses_cache_and_never_retrains(quick_model, monkeypatch):
+    # seed 1 has no packaged weights: it is built once and cached
     with pytest.raises(ProgflowError, match="build-classifier"):
-        get_fmnist_classifier(build_if_missing=False)
-    path = save_classifier(quick_model, default_classifier_path(0))
+        get_fmnist_classifier(seed=1, build_if_missing=False)
+    path = save_classifier(quick_model, default_classifier_path(1))
     import progflow.eval.classifier as clf_mod
     monkeypatch.setattr(clf_mod, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
-    got = get_fmnist_classifier()
+    got = get_fmnist_classifier(seed=1)
     assert path.parent.name == "cache"
     assert all(torch.equal(got.state_dict()[key], v) for key, v in quick_model.state_dict().items())
-    ext = get_extractor()
+    ext = get_extractor(seed=1)
     assert isinstance(ext, ClassifierFeatures) and ext.name.startswith("fmnist-classifier")
+
+
+def test_packaged_classifier_is_the_one_behind_the_readme_scores(monkeypatch, tmp_path):
+    import progflow.eval.classifier as clf_mod
+    monkeypatch.setattr(clf_mod, "train_classifier", lambda *a, **k: pytest.fail("trained instead of loading"))
+    ext = get_extractor()  # seed 0: the packaged weights, no data and no training needed
+    # the feature digest that every committed FD was computed with
+    results = (pathlib.Path(__file__).parent.parent / "benchmarks" / "results" / "demo_scores.json").read_text()
+    assert ext.name == "fmnist-classifier-fmnist-cnn-v1-fc128-e804adaa26" and ext.name in results
+    assert clf_mod.shipped_classifier_path(0).stat().st_size < 2_000_000
+    # a tampered packaged file is refused, not used
+    bad = tmp_path / "weights" / clf_mod.SHIPPED[0][0]
+    bad.parent.mkdir()
+    data = bytearray(clf_mod.shipped_classifier_path(0).read_bytes())
+    data[-1] ^= 1
+    bad.write_bytes(bytes(data))
+    monkeypatch.setattr(clf_mod, "shipped_classifier_path", lambda seed=0: bad)
+    with pytest.raises(CheckpointError, match="sha256"):
+        get_extractor()
 
 
 def test_get_extractor_specs(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from .classifier import (
     default_classifier_path,
     get_fmnist_classifier,
     load_classifier,
+    load_shipped_classifier,
     save_classifier,
     train_classifier,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "classifier_accuracy",
     "default_classifier_path",
     "get_fmnist_classifier",
+    "load_shipped_classifier",
     "load_classifier",
     "save_classifier",
     "train_classifier",

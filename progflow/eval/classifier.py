@@ -2,7 +2,10 @@
 
 The scoring metrics (Frechet distance, precision/recall, class accuracy) need a feature
 space; with no pretrained Inception weights available offline we train our own small
-Fashion-MNIST classifier once (about 1-3 minutes on 2 CPU cores) and cache it.
+Fashion-MNIST classifier. Its seed-0 weights ship inside the package (``weights/``, checked
+against a sha256 recorded here), so scores do not depend on the machine that trained it;
+``progflow build-classifier`` trains one anew (about 2 minutes on 2 CPU cores) for other
+seeds and for checking.
 
 Architecture ``fmnist-cnn-v1`` (input ``(N, 1, 28, 28)`` float32 in ``[-1, 1]``,
 i.e. ``u8 / 127.5 - 1``)::
@@ -51,6 +54,8 @@ __all__ = [
     "load_classifier",
     "get_fmnist_classifier",
     "build_fmnist_classifier",
+    "load_shipped_classifier",
+    "shipped_classifier_path",
 ]
 
 FORMAT = "progflow-classifier"
@@ -98,6 +103,36 @@ def cache_dir() -> pathlib.Path:
     """The cache directory: env ``PROGFLOW_CACHE`` if set, else ``~/.cache/progflow``."""
     env = os.environ.get("PROGFLOW_CACHE")
     return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "progflow"
+
+
+# Weights that ship inside the package, as evaluators ship Inception's: every FD in the
+# README was computed with these (feature digest e804adaa26), so a user's score of the same
+# samples is the same number on any machine. sha256 of the file, checked on every load.
+SHIPPED: dict[int, tuple[str, str]] = {
+    0: ("fmnist-cnn-v1-seed0.safetensors", "95e1cd6a43fb9fdcb88d7e5b4748cc5dc2a113ed715a2b5c65efdf59bfbf845d"),
+}
+
+
+def shipped_classifier_path(seed: int = 0) -> pathlib.Path | None:
+    """The packaged weight file for ``seed``, or None when none ships for it."""
+    if int(seed) not in SHIPPED:
+        return None
+    return pathlib.Path(__file__).with_name("weights") / SHIPPED[int(seed)][0]
+
+
+def load_shipped_classifier(seed: int = 0, device: str = "cpu") -> FmnistCNN:
+    """Load the packaged classifier for ``seed`` after checking its sha256 against :data:`SHIPPED`."""
+    import hashlib
+
+    path = shipped_classifier_path(seed)
+    if path is None or not path.is_file():
+        raise CheckpointError(f"no packaged classifier for seed {seed} (looked for {path}); reinstall progflow "
+                              "or use --features classifier:PATH")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED[int(seed)][1]:
+        raise CheckpointError(f"packaged classifier {path} does not match the sha256 recorded in progflow "
+                              f"(got {digest[:12]}..., expected {SHIPPED[int(seed)][1][:12]}...); reinstall progflow")
+    return load_classifier(path, device=device)
 
 
 def default_classifier_path(seed: int = 0) -> pathlib.Path:
@@ -332,13 +367,17 @@ def get_fmnist_classifier(
     seed: int = 0,
     build_if_missing: bool = True,
     progress: bool = True,
+    shipped: bool = True,
 ) -> FmnistCNN:
-    """The cached Fashion-MNIST classifier for ``seed``; trains and caches it if missing.
+    """The Fashion-MNIST classifier for ``seed``: the packaged weights when they ship for
+    that seed (and ``shipped``), else the cached one, trained and cached if missing.
 
     A cached file that is present but unreadable raises CheckpointError (it is not
     silently overwritten). With ``build_if_missing=False`` a missing file raises
     ProgflowError suggesting ``progflow build-classifier``.
     """
+    if shipped and int(seed) in SHIPPED:
+        return load_shipped_classifier(seed)
     path = default_classifier_path(seed)
     if not path.exists():
         if not build_if_missing:
