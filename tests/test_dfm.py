@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from progflow.config import DataConfig, MethodConfig, ModelConfig, TrainConfig
+from progflow.config import DataConfig, ModelConfig, TrainConfig
 from progflow.data import ImageData
 from progflow.errors import ConfigError
 from progflow.info import model_info
 from progflow.methods import build_method
-from progflow.methods.dfm import DecomposableFlowMatching, default_stage_probs
-from progflow.nn.dfm import DFMDiT
+from progflow.methods.dfm import DecomposableFlowMatching, DFMConfig, default_stage_probs
+from progflow.nn.dfm import DFMDiT, DFMModelConfig
 from progflow.nn.dit import build_model, count_parameters
 from progflow.presets import preset_config
 from progflow.rng import BatchRandom
@@ -24,8 +24,8 @@ TINY = {"size": "xs", "width": 32, "depth": 2, "heads": 2}
 
 
 def dfm_cfg(stages=2, data=None, model=None, **method):
-    return TrainConfig(data=data or DataConfig(), model=ModelConfig(arch="dfm", **{**TINY, **(model or {})}),
-                       method=MethodConfig(name="dfm", stages=stages, **method))
+    return TrainConfig(data=data or DataConfig(), model=DFMModelConfig(**{**TINY, **(model or {})}),
+                       method=DFMConfig(stages=stages, **method))
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def test_bad_configs_fail_at_build(kwargs, match):
 
 def test_method_needs_dfm_arch():
     with pytest.raises(ConfigError, match="arch 'dfm'"):
-        TrainConfig(model=ModelConfig(arch="dit"), method=MethodConfig(name="dfm", stages=2))
+        TrainConfig(model=ModelConfig(arch="dit"), method=DFMConfig(stages=2))
 
 
 # ---- schedule ---------------------------------------------------------------------------
