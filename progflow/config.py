@@ -219,11 +219,23 @@ def _section_class(name: str, d: dict):
 
 _NESTED = ("data", "model", "method")
 
+# Configs saved before methods and architectures registered their own config classes wrote
+# every DFM field into every model / method section; in a section whose class lacks them
+# they must hold these "not used" values, and are then dropped (so old runs still load).
+_LEGACY_UNUSED = {
+    "model.": {"stage_patches": []},
+    "method.": {"decomposition": "laplacian", "stages": 1, "stage_probs": [], "earlier_loc": 1.5,
+                "earlier_scale": 1.0, "per_sample_stage": True, "tied_times": False, "standardize": False,
+                "stage_std": [], "thresholds": [], "stage_steps": []},
+}
+
 
 def _build(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
         raise ConfigError(f"config section {prefix or 'root'} must be a mapping")
     names = {f.name for f in fields(cls)}
+    legacy = _LEGACY_UNUSED.get(prefix, {})
+    d = {k: v for k, v in d.items() if k in names or k not in legacy or list(_listify(v)) != _listify(legacy[k])}
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(sorted(prefix + u for u in unknown))}")
@@ -241,6 +253,10 @@ def _build(cls, d: dict, prefix: str):
         return cls(**kwargs)
     except TypeError as e:  # wrong argument types surface here
         raise ConfigError(f"invalid config {prefix or 'root'}: {e}") from None
+
+
+def _listify(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def _coerce(v, f, prefix):

@@ -126,3 +126,21 @@ def test_config_round_trip_and_validation():
                 {"unknown": 1}):
         with pytest.raises(ConfigError):
             TrainConfig.from_dict(bad)
+
+
+def test_config_saved_in_the_flat_pre_registry_layout_still_loads():
+    """Runs saved before the method/architecture config classes wrote every DFM field into
+    every section; with their "not used" values those fields are dropped, others refused."""
+    from progflow.errors import ConfigError
+    from progflow.presets import preset_config
+
+    cfg = preset_config("fmnist-base-xs")
+    old = cfg.to_dict()
+    old["model"]["stage_patches"] = []
+    old["method"].update({"decomposition": "laplacian", "stages": 1, "stage_probs": [], "earlier_loc": 1.5,
+                          "earlier_scale": 1.0, "per_sample_stage": True, "tied_times": False, "standardize": False,
+                          "stage_std": [], "thresholds": [], "stage_steps": []})
+    assert TrainConfig.from_dict(old) == cfg
+    old["method"]["stages"] = 2  # a DFM setting on plain flow matching is still an error
+    with pytest.raises(ConfigError, match="method.stages"):
+        TrainConfig.from_dict(old)
