@@ -74,7 +74,8 @@ def cmd_sample(args) -> None:
     summary = sample_run(args.run_dir, n=args.n, out=args.out, seed=args.seed, nfe=args.nfe, cfg_scale=args.cfg,
                          cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
                          batch_size=args.batch_size, step=args.step, ema=not args.raw, previews=args.previews,
-                         progress=not args.no_progress, device=args.device, solver=args.solver, shift=args.shift)
+                         progress=not args.no_progress, device=args.device, solver=args.solver, shift=args.shift,
+                         rtol=args.rtol, atol=args.atol)
     print(json.dumps(summary, indent=2))
 
 
@@ -158,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=int, help="backbone evaluations per sample (default: the method's, 40)")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none; default from the run)")
     s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="apply guidance only for t in [LO, HI]")
-    s.add_argument("--solver", help="ODE solver (default: the run's method.solver, euler); see progflow.solvers")
+    s.add_argument("--solver", help="ODE solver: euler, midpoint, heun, rk4, ab2, dpmpp2m or dopri5 (adaptive) "
+                   "(default: the run's method.solver, euler); --nfe must be one the solver can spend exactly")
     s.add_argument("--shift", type=float, help="SD3-style time-grid shift (1 = uniform; default: the run's)")
+    s.add_argument("--rtol", type=float, help="dopri5 relative tolerance (default 1e-5)")
+    s.add_argument("--atol", type=float, help="dopri5 absolute tolerance (default 1e-5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="output .npz (default RUN_DIR/samples.npz); the grid PNG is written beside it")
     s.add_argument("--batch-size", type=int, default=250)

@@ -72,43 +72,54 @@ def atomic_savez(path: Path, **arrays) -> None:
 @torch.no_grad()
 def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None = None, cfg_scale: float | None = None,
              cfg_interval=None, batch_size: int = 250, previews: bool = False, progress: bool = True,
-             device: str = "cpu", solver: str | None = None, shift: float | None = None):
+             device: str = "cpu", solver=None, shift: float | None = None, raw: bool = False):
     """Class-balanced samples: ``(images uint8 NCHW/NCTHW cropped, labels, nfe, previews)``.
 
-    Batch ``b`` draws its noise from a generator seeded by ``(seed, b)``.
+    Batch ``b`` draws its noise from a generator seeded by ``(seed, b)``. ``solver`` is a
+    name or a :class:`~progflow.solvers.SolverSpec`. ``raw`` returns the float samples in
+    [-1, 1] (cropped) instead of uint8. ``nfe`` is per sample; an adaptive solver's varies
+    from batch to batch, and then the mean over batches is returned.
     """
     method = build_method(cfg)
     labels = balanced_labels(n, cfg.data.num_classes)
-    out, strips, used = [], [], 0
+    out, strips, used = [], [], []
     crop = output_crop(cfg.data.dataset)
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch")):
         y = labels[start:start + batch_size].to(device)
         res = method.sample(model, y, generator=generator(seed, 3, b), nfe=nfe, cfg_scale=cfg_scale,
                             cfg_interval=cfg_interval, previews=previews, solver=solver, shift=shift)
-        used = res.nfe
-        out.append(to_uint8(center_crop(res.x, crop)).cpu())
+        used.append(res.nfe)
+        out.append(center_crop(res.x, crop).cpu() if raw else to_uint8(center_crop(res.x, crop)).cpu())
         if previews and res.previews:
             # one strip per sample: the partial recompositions side by side, then the final image
             parts = [to_uint8(center_crop(p, crop)).cpu() for p in res.previews] + [out[-1]]
             strips.append(torch.cat(parts, dim=-1))
+    used = used[0] if len(set(used)) == 1 else round(sum(used) / len(used), 1)
     return torch.cat(out), labels, used, (torch.cat(strips) if strips else None)
 
 
 def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, seed: int = 0, nfe: int | None = None,
                cfg_scale: float | None = None, cfg_interval=None, batch_size: int = 250, step: int | None = None,
                ema: bool = True, previews: bool = False, progress: bool = True, device: str = "cpu",
-               solver: str | None = None, shift: float | None = None) -> dict:
-    """Sample a run to ``out`` (default ``RUN_DIR/samples.npz``); returns a summary dict."""
+               solver: str | None = None, shift: float | None = None, rtol: float | None = None,
+               atol: float | None = None) -> dict:
+    """Sample a run to ``out`` (default ``RUN_DIR/samples.npz``); returns a summary dict.
+    ``rtol`` / ``atol`` configure an adaptive solver (dopri5), which takes no ``nfe``."""
+    from progflow.solvers import get_solver
+
     if n <= 0:
         raise ProgflowError(f"--n must be positive; got {n}")
     cfg, model, path = load_run(run_dir, step=step, ema=ema, device=device)
     out = Path(out) if out else Path(run_dir) / "samples.npz"
     if out.suffix != ".npz":
         raise ProgflowError(f"--out must end in .npz; got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = get_solver(solver or cfg.method.solver, rtol=rtol, atol=atol)
+    if spec.adaptive and nfe is not None:
+        raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")
     images, labels, used, strips = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
                                             cfg_interval=cfg_interval, batch_size=batch_size, previews=previews,
-                                            progress=progress, device=device, solver=solver, shift=shift)
+                                            progress=progress, device=device, solver=spec, shift=shift)
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing
     atomic_savez(out, images=to_nhwc(images), labels=labels.numpy().astype(np.int64))
     grid = out.with_suffix(".png")
     k = cfg.data.num_classes
@@ -119,7 +130,7 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     save_grid_png(to_nhwc(show), grid, nrow=k)
     summary = {"npz": str(out), "grid": str(grid), "n": n, "nfe": used, "checkpoint": str(path),
                "cfg_scale": cfg.method.cfg_scale if cfg_scale is None else cfg_scale, "seed": seed,
-               "solver": solver or cfg.method.solver, "shift": cfg.method.shift if shift is None else shift}
+               "solver": spec.name, "shift": cfg.method.shift if shift is None else shift, **spec.options}
     if strips is not None:
         pdir = out.with_name(out.stem + "_previews")
         pdir.mkdir(exist_ok=True)

@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from progflow.errors import ConfigError
 
 
 def uniform_grid(n: int) -> torch.Tensor:
@@ -32,8 +36,21 @@ def shifted_grid(n: int, shift: float) -> torch.Tensor:
 
 
 def time_grid(n: int, shift: float = 1.0) -> torch.Tensor:
-    """``n`` intervals from 0 to 1, uniform for ``shift == 1``, else :func:`shifted_grid`."""
+    """``n`` intervals from 0 to 1, uniform for ``shift == 1``, else :func:`shifted_grid`.
+    A shift that is not a positive number is the caller's input error (ConfigError)."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < math.inf:
+        raise ConfigError(f"shift must be a positive number; got {shift!r}")
     return uniform_grid(n) if shift == 1.0 else shifted_grid(n, shift)
+
+
+def segment_grid(start: torch.Tensor, end: torch.Tensor, n: int, shift: float = 1.0) -> torch.Tensor:
+    """``n + 1`` rows on the straight segment from grid row ``start`` to ``end`` (per-stage
+    times ``(S,)``), spaced like :func:`time_grid` ``(n, shift)``: a ``(n + 1, S)`` grid.
+
+    >>> segment_grid(torch.tensor([0.7, 0.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64), 2).tolist()
+    [[0.7, 0.0], [0.85, 0.5], [1.0, 1.0]]
+    """
+    return start + time_grid(n, shift)[:, None] * (end - start)
 
 
 # ---- multi-stage DFM schedule (methods.md section 2) --------------------------------------

@@ -40,8 +40,8 @@ from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import expand_time, interpolate, logit_normal_from_normal, velocity_target
 from progflow.presets import PRESETS, register_preset
 from progflow.registry import register_method
-from progflow.schedules import dfm_schedule, split_steps
-from progflow.solvers import euler
+from progflow.schedules import dfm_schedule, segment_grid, split_steps, time_grid
+from progflow.solvers import get_solver
 
 STD_SUBSET = 512  # samples used to estimate per-stage scales
 Decomposition = Literal["laplacian", "haar", "identity"]
@@ -229,32 +229,59 @@ class DecomposableFlowMatching:
         return loss, stats
 
     # ---- sampling -----------------------------------------------------------------------
-    def phase_steps(self, nfe: int | None = None) -> tuple[int, ...]:
-        """Steps per phase: ``stage_steps``, rescaled proportionally when ``nfe`` differs."""
+    def phase_steps(self, nfe: int | None = None, solver=None) -> tuple[int, ...]:
+        """Grid intervals per phase for ``nfe`` NFE of ``solver`` (default: the run's).
+
+        ``stage_steps`` are Euler steps, one NFE each. The solver integrates every phase
+        separately (a new stage enters from fresh noise between phases), so ``n`` intervals
+        of a phase cost ``spec.nfe(n)`` (Heun ``2n - 1``, RK4 ``4n``). The phases get the
+        smallest total ``N`` of intervals, split over them in proportion to ``stage_steps``,
+        whose total cost is exactly ``nfe``; ConfigError listing the totals the solver can
+        spend otherwise. An adaptive solver gets one interval per phase.
+        """
+        spec = get_solver(solver or self.mc.solver)
         steps = tuple(self.stage_steps)
-        if nfe is None or nfe == sum(steps):
-            return steps
-        if nfe < self.S:
-            raise ConfigError(f"nfe {nfe} cannot cover {self.S} sampling phases")
-        return split_steps(nfe, steps)
+        if spec.adaptive:
+            return (1,) * self.S
+        nfe = sum(steps) if nfe is None else nfe
+        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < self.S:
+            raise ConfigError(f"nfe {nfe!r} cannot cover {self.S} sampling phases")
+        costs = []
+        for total in range(self.S, nfe + 1):
+            phases = split_steps(total, steps)
+            costs.append(sum(spec.nfe(n) for n in phases))
+            if costs[-1] == nfe:
+                return phases
+            if costs[-1] > nfe:
+                break
+        near = sorted(set(costs))[-4:]
+        raise ConfigError(f"solver {spec.name} cannot spend exactly {nfe} NFE over DFM's {self.S} sampling phases "
+                          f"(each phase is a separate solve); it can spend ..., {', '.join(map(str, near))}, ...")
 
     @torch.no_grad()
     def sample(self, model, y: torch.Tensor, *, generator: torch.Generator, nfe: int | None = None,
                cfg_scale: float | None = None, cfg_interval=None, previews: bool = False,
                solver: str | None = None, shift: float | None = None) -> SampleResult:
-        """Euler over :func:`dfm_schedule`; returns the merged (un-standardised) samples and,
-        with ``previews``, one full-size recomposition at the end of every phase (coarse
-        to fine): the data estimates ``x_s + (1 - t_s) v_s`` of the started stages, later
-        stages zero. The last preview is the final sample."""
-        if (solver or self.mc.solver) != "euler" or (self.mc.shift if shift is None else shift) != 1.0:
-            raise ConfigError("DFM samples with the Euler solver on its own stage schedule only, so far")
-        steps = self.phase_steps(nfe)
+        """``solver`` over :func:`dfm_schedule`, one solve per phase (:meth:`phase_steps`
+        says how ``nfe`` becomes intervals); returns the merged (un-standardised) samples
+        and, with ``previews``, one full-size recomposition at the end of every phase
+        (coarse to fine): the data estimates ``x_s + (1 - t_s) v_s`` of the started stages,
+        later stages zero. The last preview is the final sample.
+
+        The schedule is the method's: every phase is a straight segment in stage-time
+        space between two of its rows. ``shift`` only moves the grid rows along each
+        segment, spaced like :func:`~progflow.schedules.time_grid` (denser where the phase's
+        new stage is noisiest for ``shift > 1``); phase boundaries and thresholds stay put."""
+        spec = get_solver(solver or self.mc.solver)
+        shift = self.mc.shift if shift is None else shift
+        steps = self.phase_steps(nfe, spec)
         grid = dfm_schedule(steps, self.thresholds)
+        time_grid(1, shift)  # checks the shift before any work
         scale = self.mc.cfg_scale if cfg_scale is None else cfg_scale
         interval = self.mc.cfg_interval if cfg_interval is None else cfg_interval
         decomp, B, device = self.decomposition, y.shape[0], y.device
         x = [torch.zeros(B, *shape, device=device) for shape in self.stage_shapes]
-        shown, last_v, start = [], [], 0
+        shown, last_v, start, used = [], [], 0, 0
         for j in range(self.S):
             x[j] = torch.randn(B, *self.stage_shapes[j], generator=generator).to(device)
             guided = CFG(_AtStage(model, j), y, scale, interval)
@@ -268,13 +295,15 @@ class DecomposableFlowMatching:
                 return v
 
             end = start + steps[j]
-            x, _ = euler(velocity, x, grid[start:end + 1])
+            rows = grid[start:end + 1] if shift == 1.0 else segment_grid(grid[start], grid[end], steps[j], shift)
+            x, spent = spec.integrate(velocity, x, rows)
+            used += spent
             if previews:
                 est = [xs + float(1 - grid[end, s]) * vs if s <= j else torch.zeros_like(xs)
                        for s, (xs, vs) in enumerate(zip(x, last_v))]
                 shown.append(decomp.merge(est))
             start = end
-        return SampleResult(x=decomp.merge(x), nfe=int(grid.shape[0] - 1), previews=shown)
+        return SampleResult(x=decomp.merge(x), nfe=used, previews=shown)
 
 
 # ---- presets: same width/depth/heads, token count and budget as the base twins ----------------

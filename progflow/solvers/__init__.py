@@ -1,38 +1,55 @@
 """ODE solvers: they see only a callable ``velocity(x, t)`` and a float64 time grid.
 
-Every solver is registered here under its name with two facts the sampling code needs:
+Every solver is registered here under its name with the facts the sampling code needs:
 how many grid intervals a requested NFE buys (``intervals(nfe)``, raising a
 :class:`~progflow.errors.ConfigError` that lists the NFEs it can spend when it cannot
 spend this one exactly) and the NFE those intervals cost (``nfe(intervals)``). Methods
 never name a solver: they call :func:`get_solver` with the name from the config or the
-command line and integrate with ``spec.integrate(velocity, x, grid)``.
+command line and integrate with ``spec.integrate(velocity, x, grid)``, which returns the
+end state and the NFE spent. A solver built for one run (e.g. with a fitted network) is
+a :class:`SolverSpec` too and passes through :func:`get_solver` unchanged.
 
->>> spec = get_solver("euler")
->>> spec.intervals(10), spec.nfe(10)
-(10, 10)
+Fixed-grid solvers are in :mod:`progflow.solvers.ode`; the adaptive dopri5 (torchdiffeq)
+in :mod:`progflow.solvers.adaptive`. An adaptive solver has no NFE budget: its grid is one
+interval per straight piece, its tolerances (``get_solver("dopri5", rtol=..., atol=...)``)
+set the cost and ``integrate`` reports what it spent.
+
+>>> spec = get_solver("heun")
+>>> spec.intervals(9), spec.nfe(5)
+(5, 9)
+>>> get_solver("dopri5", rtol=1e-6).options
+{'rtol': 1e-06, 'atol': 1e-05}
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Callable
 
 from progflow.errors import ConfigError
-from progflow.solvers.ode import euler
+from progflow.solvers.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, check_tolerances, dopri5
+from progflow.solvers.ode import ab2, dpmpp2m, euler, heun, midpoint, rk4
 
 
 @dataclass(frozen=True)
 class SolverSpec:
     name: str
     integrate: Callable  # (velocity, x, grid, callback=None) -> (x, nfe)
-    nfe: Callable[[int], int]  # grid intervals -> velocity evaluations
+    nfe: Callable[[int], int]  # grid intervals -> velocity evaluations (fixed-grid solvers)
     min_nfe: int = 1
     description: str = ""
+    adaptive: bool = False  # its cost is set by tolerances, not by an NFE budget
+    options: dict = field(default_factory=dict)  # what it was configured with (reported)
+    configure: Callable | None = None  # (**options) -> SolverSpec, for solvers that take options
 
     def intervals(self, nfe: int) -> int:
-        """The number of grid intervals that costs exactly ``nfe``; ConfigError otherwise."""
+        """The number of grid intervals that costs exactly ``nfe``; ConfigError otherwise.
+        An adaptive solver integrates one interval whatever ``nfe`` says."""
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ConfigError(f"nfe must be a positive integer; got {nfe!r}")
+        if self.adaptive:
+            return 1
         n = 1
         while self.nfe(n) < nfe:
             n += 1
@@ -50,21 +67,47 @@ def register_solver(spec: SolverSpec) -> None:
     SOLVERS[spec.name] = spec
 
 
-register_solver(SolverSpec("euler", euler, nfe=lambda n: n, description="explicit Euler, 1 NFE per interval"))
+def dopri5_spec(rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> SolverSpec:
+    """dopri5 at the given tolerances (checked: each in ``adaptive.TOL_RANGE``)."""
+    check_tolerances(rtol, atol)
+    return SolverSpec("dopri5", functools.partial(dopri5, rtol=rtol, atol=atol), nfe=lambda n: 0, adaptive=True,
+                      description="adaptive Dormand-Prince 5(4) via torchdiffeq; NFE set by rtol/atol",
+                      options={"rtol": rtol, "atol": atol}, configure=dopri5_spec)
+
+
+for _spec in (
+    SolverSpec("euler", euler, nfe=lambda n: n, description="explicit Euler, 1 NFE per interval"),
+    SolverSpec("midpoint", midpoint, nfe=lambda n: 2 * n, min_nfe=2, description="explicit midpoint, 2 NFE per interval"),
+    SolverSpec("heun", heun, nfe=lambda n: 2 * n - 1,
+               description="Heun predictor-corrector, 2 NFE per interval, the last one 1 (odd NFE)"),
+    SolverSpec("rk4", rk4, nfe=lambda n: 4 * n, min_nfe=4, description="classical Runge-Kutta 4, 4 NFE per interval"),
+    SolverSpec("ab2", ab2, nfe=lambda n: n, description="Adams-Bashforth 2 (variable step), 1 NFE per interval"),
+    SolverSpec("dpmpp2m", dpmpp2m, nfe=lambda n: n,
+               description="DPM-Solver++(2M) on the data prediction, 1 NFE per interval"),
+    dopri5_spec(),
+):
+    register_solver(_spec)
 
 
 def solver_names() -> list[str]:
     return sorted(SOLVERS)
 
 
-def get_solver(name: "str | SolverSpec") -> SolverSpec:
-    """The registered solver ``name``; a :class:`SolverSpec` passes through (a solver built
-    for one run, e.g. with a fitted network, is handed to the method this way)."""
-    if isinstance(name, SolverSpec):
-        return name
-    if name not in SOLVERS:
-        raise ConfigError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
-    return SOLVERS[name]
+def get_solver(name: "str | SolverSpec", **options) -> SolverSpec:
+    """The registered solver ``name`` (a :class:`SolverSpec` passes through), configured
+    with ``options`` (``None`` values are ignored), e.g. ``get_solver("dopri5", rtol=1e-6)``."""
+    spec = name
+    if not isinstance(name, SolverSpec):
+        if name not in SOLVERS:
+            raise ConfigError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
+        spec = SOLVERS[name]
+    options = {k: v for k, v in options.items() if v is not None}
+    if not options:
+        return spec
+    if spec.configure is None:
+        raise ConfigError(f"solver {spec.name} takes no options; got {', '.join(sorted(options))}")
+    return spec.configure(**{**spec.options, **options})
 
 
-__all__ = ["SOLVERS", "SolverSpec", "euler", "get_solver", "register_solver", "solver_names"]
+__all__ = ["SOLVERS", "SolverSpec", "ab2", "dopri5", "dopri5_spec", "dpmpp2m", "euler", "get_solver", "heun",
+           "midpoint", "register_solver", "rk4", "solver_names"]
