@@ -138,7 +138,18 @@ def _cached(run: Path, key: dict) -> dict | None:
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    return saved["result"] if saved.get("key") == json.loads(json.dumps(key)) else None
+    saved_key = saved.get("key") or {}
+    if isinstance(saved_key.get("config"), dict):
+        # read the saved config as today's code would (fields added since take their
+        # defaults), so a run scored before a new config field existed stays cached
+        from progflow.config import TrainConfig
+        from progflow.errors import ConfigError
+
+        try:
+            saved_key = {**saved_key, "config": TrainConfig.from_dict(saved_key["config"]).to_dict()}
+        except ConfigError:
+            return None
+    return saved["result"] if json.loads(json.dumps(saved_key)) == json.loads(json.dumps(key)) else None
 
 
 def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict, band_ref) -> dict:
