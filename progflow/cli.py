@@ -65,7 +65,8 @@ def cmd_train(args) -> None:
     cfg = _config_from_args(args)
     out = Path(args.out or f"runs/{cfg.preset or 'run'}")
     last = train(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps({"run": str(out), "checkpoint": str(last)}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the main process reports
+        print(json.dumps({"run": str(out), "checkpoint": str(last)}))
 
 
 def cmd_sample(args) -> None:
@@ -111,7 +112,29 @@ def cmd_info(args) -> None:
         cfg = load_run_config(Path(target))
     else:
         cfg = preset_config(target)
-    print(json.dumps(model_info(cfg), indent=2))
+    info = model_info(cfg)
+    if not cfg.data.frames:
+        from progflow.fit_solver import sidenet_info
+
+        info["sidenet"] = sidenet_info(cfg, target if Path(target).is_dir() else None)
+    print(json.dumps(info, indent=2))
+
+
+def cmd_fit_solver(args) -> None:
+    from progflow.fit_solver import fit_config_from_args, fit_solver
+
+    last = fit_solver(args.run_dir, fit_config_from_args(args), out=args.out, resume=args.resume,
+                      progress=not args.no_progress)
+    print(json.dumps({"run": args.run_dir, "solver_checkpoint": str(last)}))
+
+
+def cmd_edit(args) -> None:
+    from progflow.edit import edit_run
+
+    summary = edit_run(args.run_dir, images=args.images, to_class=args.to_class, solver=args.solver, nfe=args.nfe,
+                       cfg_scale=args.cfg, shift=args.shift, out=args.out, batch_size=args.batch_size,
+                       step=args.step, device=args.device)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_presets(args) -> None:
@@ -159,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=int, help="backbone evaluations per sample (default: the method's, 40)")
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none; default from the run)")
     s.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="apply guidance only for t in [LO, HI]")
-    s.add_argument("--solver", help="ODE solver: euler, midpoint, heun, rk4, ab2, dpmpp2m or dopri5 (adaptive) "
-                   "(default: the run's method.solver, euler); --nfe must be one the solver can spend exactly")
+    s.add_argument("--solver", help="ODE solver: euler, midpoint, heun, rk4, ab2, dpmpp2m or dopri5 (adaptive), or "
+                   "ba / ba1 (BA-solver with the SideNet of `progflow fit-solver RUN`) (default: the run's "
+                   "method.solver, euler); --nfe must be one the solver can spend exactly")
     s.add_argument("--shift", type=float, help="SD3-style time-grid shift (1 = uniform; default: the run's)")
     s.add_argument("--rtol", type=float, help="dopri5 relative tolerance (default 1e-5)")
     s.add_argument("--atol", type=float, help="dopri5 absolute tolerance (default 1e-5)")
@@ -193,6 +217,40 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters and FLOPs of a run or preset, against the matching DiT")
     i.add_argument("run_or_preset")
     i.set_defaults(func=cmd_info)
+
+    f = sub.add_parser("fit-solver", help="fit the BA-solver's SideNet on a trained run (into RUN/solver)",
+                       description="Fit a SideNet on the frozen EMA backbone of RUN by chained on-policy rollouts, "
+                       "for `progflow sample RUN --solver ba`. Flags mirror progflow.fit_solver.FitConfig; the "
+                       "SideNet's size with --set sidenet.width=16.")
+    f.add_argument("run_dir", help="run directory written by `progflow train`")
+    f.add_argument("--out", help="where the fit goes (default RUN/solver, the one `--solver ba` uses)")
+    f.add_argument("--resume", action="store_true", help="continue the fit in --out where its last checkpoint left off")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. sidenet.width=16")
+    f.add_argument("--no-progress", action="store_true")
+    from progflow.fit_solver import FitConfig
+
+    for fld in fields(FitConfig):
+        t = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "")
+        if t in _SCALAR_TYPES:
+            f.add_argument("--" + fld.name.replace("_", "-"), dest=fld.name, type=_SCALAR_TYPES[t], default=None,
+                           metavar=t.upper(), help=f"(default {fld.default})")
+    f.set_defaults(func=cmd_fit_solver)
+
+    ed = sub.add_parser("edit", help="edit images by inversion: integrate them to noise and back under another class")
+    ed.add_argument("run_dir", help="run directory written by `progflow train`")
+    ed.add_argument("--images", required=True, help=".npz with `images` (N, H, W, C) uint8 [0, 255] or float [0, 1] "
+                    "at the run's size or the dataset's crop (as `progflow sample` writes), optional `labels` (N,)")
+    ed.add_argument("--to-class", type=int, help="class to generate under (default: the images' own: a round trip)")
+    ed.add_argument("--solver", default="euler", help="solver both ways (ba, ba1 need `progflow fit-solver`; "
+                    "ab2 and dpmpp2m cannot run backwards)")
+    ed.add_argument("--nfe", type=int, help="NFE each way (default: the run's method.nfe)")
+    ed.add_argument("--cfg", type=float, help="guidance scale, both ways (default from the run)")
+    ed.add_argument("--shift", type=float, help="time-grid shift (default from the run)")
+    ed.add_argument("--out", help="output .npz (default RUN_DIR/edit.npz); the before/after PNG beside it")
+    ed.add_argument("--batch-size", type=int, default=250)
+    ed.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    ed.add_argument("--device", default="cpu")
+    ed.set_defaults(func=cmd_edit)
 
     pr = sub.add_parser("presets", help="list the named presets")
     pr.set_defaults(func=cmd_presets)
