@@ -84,7 +84,9 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
     labels = balanced_labels(n, cfg.data.num_classes)
     out, strips, used = [], [], []
     crop = output_crop(cfg.data.dataset)
-    for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch")):
+    # the bar shows after a second: input errors found when the first batch starts print one line only
+    for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch",
+                                   delay=1.0)):
         y = labels[start:start + batch_size].to(device)
         res = method.sample(model, y, generator=generator(seed, 3, b), nfe=nfe, cfg_scale=cfg_scale,
                             cfg_interval=cfg_interval, previews=previews, solver=solver, shift=shift)
@@ -113,9 +115,11 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     out = Path(out) if out else Path(run_dir) / "samples.npz"
     if out.suffix != ".npz":
         raise ProgflowError(f"--out must end in .npz; got {out}")
-    spec = get_solver(solver or cfg.method.solver, rtol=rtol, atol=atol)
+    spec = get_solver(solver or cfg.method.solver, rtol=rtol, atol=atol).for_run(run_dir, model)
     if spec.adaptive and nfe is not None:
         raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")
+    if not spec.adaptive and (cfg.method.nfe if nfe is None else nfe) < spec.min_nfe:
+        raise ProgflowError(f"solver {spec.name} needs at least {spec.min_nfe} NFE; got {nfe}")
     images, labels, used, strips = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
                                             cfg_interval=cfg_interval, batch_size=batch_size, previews=previews,
                                             progress=progress, device=device, solver=spec, shift=shift)
@@ -131,6 +135,9 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     summary = {"npz": str(out), "grid": str(grid), "n": n, "nfe": used, "checkpoint": str(path),
                "cfg_scale": cfg.method.cfg_scale if cfg_scale is None else cfg_scale, "seed": seed,
                "solver": spec.name, "shift": cfg.method.shift if shift is None else shift, **spec.options}
+    side = getattr(spec.integrate, "side", None)
+    if side is not None:  # a solver network's calls per sample, apart from the backbone NFE
+        summary["sidenet_calls"] = side.calls / -(-n // batch_size)
     if strips is not None:
         pdir = out.with_name(out.stem + "_previews")
         pdir.mkdir(exist_ok=True)

@@ -141,47 +141,45 @@ def save_sample_grid(method, model, cfg: TrainConfig, crop, path: Path, per_clas
     save_grid_png(to_uint8(x).permute(0, 2, 3, 1).cpu(), path, nrow=k)
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``cfg`` into the run directory ``out``; returns the last checkpoint folder."""
-    out = Path(out)
-    env = Distributed(cfg.device)
-    ckpt_root = out / "ckpt"
+def resume_point(ckpt_root: Path, resume: bool, out: Path):
+    """``(existing checkpoints, tensors, state)`` of the checkpoint to resume from (``None``s
+    for a fresh run); refuses to overwrite checkpoints without ``resume``."""
     existing = ckpt.list_checkpoints(ckpt_root)
     if existing and not resume:
         raise ProgflowError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
-    data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                        channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
-    if tuple(data.images.shape[1:]) != cfg.data.shape:
-        raise ProgflowError(f"dataset samples have shape {tuple(data.images.shape[1:])}, the config expects {cfg.data.shape}")
-    start = 0
-    state_in = None
     if resume and existing:
-        saved = load_run_config(out)
-        check_resume_config(saved, cfg, out)
-        cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
-        tensors, state_in = ckpt.load_checkpoint(existing[-1])
-        start = state_in["step"]
-    else:
-        cfg = method_class(cfg.method.name).prepare(cfg, data)
-    if cfg.batch_size % env.world:
-        raise ProgflowError(f"batch_size {cfg.batch_size} is not divisible by the world size {env.world}")
+        tensors, state = ckpt.load_checkpoint(existing[-1])
+        return existing, tensors, state
+    return existing, None, None
 
-    torch.manual_seed(derive_seed(cfg.seed, 0))
-    model = build_model(cfg).to(cfg.device)
+
+def training_loop(hp, model: torch.nn.Module, objective, *, ckpt_root: Path, log_path: Path, resumed=(None, None),
+                  last_saved: Path | None = None, extra_state=None, after_step=None, env: Distributed | None = None,
+                  progress: bool = True, desc: str = "train") -> Path:
+    """The one optimisation loop of progflow (``progflow train`` and ``progflow fit-solver``).
+
+    ``hp`` carries ``steps, batch_size, lr, warmup, weight_decay, grad_clip, ema_decay, seed,
+    log_every, ckpt_every, keep_last`` (a :class:`TrainConfig` or a solver-fit config).
+    ``objective(step) -> (loss, stats)`` computes the loss of optimizer step ``step`` with all
+    its randomness derived from ``(seed, step)``, so that weights, EMA, optimizer state and
+    the step are the whole state: ``resumed = (tensors, state)`` of a checkpoint continues
+    bit for bit. Per step: warm-up learning rate, NaN check, backward, clipping, AdamW, EMA
+    with warm-up. Every ``log_every`` steps a JSONL line (step, loss, lr, images/s) and the
+    progress bar; every ``ckpt_every`` steps (and at the end) an atomic checkpoint with
+    ``model``, ``ema`` and ``optim`` safetensors plus ``extra_state(step)`` in its JSON;
+    ``after_step(step, ema)`` after that (sample grids). Returns the last checkpoint folder.
+    """
+    env = env or Distributed("cpu")
+    tensors_in, state_in = resumed
+    start = state_in["step"] if state_in is not None else 0
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     if state_in is not None:
-        ckpt.load_state_dict_checked(model, tensors["model"], existing[-1])
-        ckpt.load_state_dict_checked(ema, tensors["ema"], existing[-1])
-        opt.load_state_dict(ckpt.unflatten_optimizer(tensors["optim"], state_in["optimizer"]))
+        ckpt.load_state_dict_checked(model, tensors_in["model"], last_saved)
+        ckpt.load_state_dict_checked(ema, tensors_in["ema"], last_saved)
+        opt.load_state_dict(ckpt.unflatten_optimizer(tensors_in["optim"], state_in["optimizer"]))
         torch.set_rng_state(ckpt.decode_rng(state_in["rng"]["torch_cpu"]))
-    method = build_method(cfg)
-    net = torch.nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
-
-    log_path = out / "log.jsonl"
     if env.main:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "config.json", cfg.to_json())
         if state_in is not None:
             ckpt.clean_partial(ckpt_root)
             _trim_log(log_path, start)
@@ -189,39 +187,27 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             log_path.unlink()
     env.barrier()
 
-    order = BatchOrder(len(data), cfg.batch_size, cfg.seed)
-    local = cfg.batch_size // env.world
-    rows = slice(env.rank * local, (env.rank + 1) * local)
-    images, labels = data.images, data.labels
-    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    last_saved = existing[-1] if existing else None
-
     def save(step: int) -> Path:
         nonlocal last_saved
         if env.main:
             otensors, ometa = ckpt.flatten_optimizer(opt.state_dict())
-            state = {"config": cfg.to_dict(), "optimizer": ometa, "data_position": order.position(step),
-                     "rng": {"torch_cpu": ckpt.encode_rng(torch.get_rng_state()), "derived_from": [cfg.seed, step]},
-                     "num_params": count_parameters(model)}
+            state = {"optimizer": ometa,
+                     "rng": {"torch_cpu": ckpt.encode_rng(torch.get_rng_state()), "derived_from": [hp.seed, step]},
+                     "num_params": count_parameters(model), **(extra_state(step) if extra_state else {})}
             last_saved = ckpt.save_checkpoint(ckpt_root, step, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                                                "optim": otensors}, state, cfg.keep_last)
+                                                                "optim": otensors}, state, hp.keep_last)
         env.barrier()
         return last_saved
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and env.main), desc="train", unit="step",
+    bar = tqdm(total=hp.steps, initial=start, disable=not (progress and env.main), desc=desc, unit="step",
                dynamic_ncols=True)
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
     log = open(log_path, "a") if env.main else None
     try:
-        for step in range(start, cfg.steps):
-            idx = order.indices(step)[rows]
-            x1 = to_model_range(images[idx]).to(cfg.device, non_blocking=True)
-            y = labels[idx].to(cfg.device)
-            rng = BatchRandom(cfg.seed, step, cfg.batch_size, rows, device=cfg.device)
+        for step in range(start, hp.steps):
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
-            with autocast:
-                loss, _ = method.loss(net, x1, y, rng)
+                g["lr"] = lr_at(hp, step)
+            loss, _ = objective(step)
             loss_global = env.mean(loss.detach().float())
             if not torch.isfinite(loss_global):
                 where = last_saved if last_saved is not None else "none was written"
@@ -229,32 +215,85 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                                        f"last good checkpoint kept: {where}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if hp.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             opt.step()
-            ema_update(ema, model, ema_decay_at(cfg.ema_decay, step))
+            ema_update(ema, model, ema_decay_at(hp.ema_decay, step))
 
             done = step + 1
             window_loss += loss_global.item()
             window_n += 1
             bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % hp.log_every == 0 or done == hp.steps:
                 dt = time.perf_counter() - t_window
-                rec = {"step": done, "loss": window_loss / window_n, "lr": lr_at(cfg, step),
-                       "images_per_s": window_n * cfg.batch_size / max(dt, 1e-9), "time": time.time()}
+                rec = {"step": done, "loss": window_loss / window_n, "lr": lr_at(hp, step),
+                       "images_per_s": window_n * hp.batch_size / max(dt, 1e-9), "time": time.time()}
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
                 if log:
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if done % hp.ckpt_every == 0 or done == hp.steps:
                 save(done)
-            if env.main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
-                save_sample_grid(method, ema, cfg, data.crop, out / "samples" / f"step_{done:08d}.png")
+            if after_step is not None:
+                after_step(done, ema)
     finally:
         bar.close()
         if log:
             log.close()
-    if start >= cfg.steps and last_saved is None:
+    if start >= hp.steps and last_saved is None:
         last_saved = save(start)
     return last_saved
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg`` into the run directory ``out``; returns the last checkpoint folder."""
+    out = Path(out)
+    env = Distributed(cfg.device)
+    ckpt_root = out / "ckpt"
+    existing, tensors, state_in = resume_point(ckpt_root, resume, out)
+    data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
+                        channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
+    if tuple(data.images.shape[1:]) != cfg.data.shape:
+        raise ProgflowError(f"dataset samples have shape {tuple(data.images.shape[1:])}, the config expects {cfg.data.shape}")
+    if state_in is not None:
+        saved = load_run_config(out)
+        check_resume_config(saved, cfg, out)
+        cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
+    else:
+        cfg = method_class(cfg.method.name).prepare(cfg, data)
+    if cfg.batch_size % env.world:
+        raise ProgflowError(f"batch_size {cfg.batch_size} is not divisible by the world size {env.world}")
+
+    torch.manual_seed(derive_seed(cfg.seed, 0))
+    model = build_model(cfg).to(cfg.device)
+    method = build_method(cfg)
+    net = torch.nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    if env.main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "config.json", cfg.to_json())
+
+    order = BatchOrder(len(data), cfg.batch_size, cfg.seed)
+    local = cfg.batch_size // env.world
+    rows = slice(env.rank * local, (env.rank + 1) * local)
+    images, labels = data.images, data.labels
+    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    def objective(step: int):
+        idx = order.indices(step)[rows]
+        x1 = to_model_range(images[idx]).to(cfg.device, non_blocking=True)
+        y = labels[idx].to(cfg.device)
+        rng = BatchRandom(cfg.seed, step, cfg.batch_size, rows, device=cfg.device)
+        with autocast:
+            return method.loss(net, x1, y, rng)
+
+    def extra_state(step: int) -> dict:
+        return {"config": cfg.to_dict(), "data_position": order.position(step)}
+
+    def after_step(done: int, ema) -> None:
+        if env.main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            save_sample_grid(method, ema, cfg, data.crop, out / "samples" / f"step_{done:08d}.png")
+
+    return training_loop(cfg, model, objective, ckpt_root=ckpt_root, log_path=out / "log.jsonl",
+                         resumed=(tensors, state_in), last_saved=existing[-1] if existing else None,
+                         extra_state=extra_state, after_step=after_step, env=env, progress=progress)

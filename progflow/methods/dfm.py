@@ -35,7 +35,7 @@ import torch
 from progflow.decompose import Standardized, build_decomposition, estimate_stage_std, sample_stage_shapes
 from progflow.config import MethodConfig
 from progflow.errors import ConfigError
-from progflow.guidance import CFG
+from progflow.guidance import CFG, GuidedVelocity
 from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import expand_time, interpolate, logit_normal_from_normal, velocity_target
 from progflow.presets import PRESETS, register_preset
@@ -286,13 +286,11 @@ class DecomposableFlowMatching:
             x[j] = torch.randn(B, *self.stage_shapes[j], generator=generator).to(device)
             guided = CFG(_AtStage(model, j), y, scale, interval)
 
-            def velocity(x, t_S, j=j, guided=guided):
-                t_BS = t_S.to(device=device, dtype=torch.float32)[None, :].expand(B, -1)
-                x_in = [xs if s <= j else torch.zeros_like(xs) for s, xs in enumerate(x)]
-                v = guided(x_in, t_BS, guide_time=float(t_S[j]))
-                v = [vs if s <= j else torch.zeros_like(vs) for s, vs in enumerate(v)]
-                last_v[:] = v
-                return v
+            def started(state, j=j):  # stages after j have not started: zero in, zero out
+                return [xs if s <= j else torch.zeros_like(xs) for s, xs in enumerate(state)]
+
+            velocity = GuidedVelocity(guided, lead=j, prepare=started, finish=started,
+                                      observe=lambda v: last_v.__setitem__(slice(None), v))
 
             end = start + steps[j]
             rows = grid[start:end + 1] if shift == 1.0 else segment_grid(grid[start], grid[end], steps[j], shift)

@@ -12,7 +12,7 @@ import torch
 
 from progflow.config import MethodConfig
 from progflow.errors import ConfigError
-from progflow.guidance import CFG
+from progflow.guidance import CFG, GuidedVelocity
 from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import interpolate, logit_normal_from_normal, velocity_target
 from progflow.schedules import time_grid
@@ -62,12 +62,7 @@ class FlowMatching:
         guided = CFG(model, y, self.mc.cfg_scale if cfg_scale is None else cfg_scale,
                      self.mc.cfg_interval if cfg_interval is None else cfg_interval)
         x = torch.randn(y.shape[0], *self.shape, generator=generator).to(y.device)
-        ones = torch.ones(y.shape[0], device=y.device)
-
-        def velocity(x, t):
-            return guided(x, ones * float(t), guide_time=float(t))
-
-        x, n = spec.integrate(velocity, x, grid)
+        x, n = spec.integrate(GuidedVelocity(guided), x, grid)
         return SampleResult(x=x, nfe=n)
 
 

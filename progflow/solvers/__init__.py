@@ -42,6 +42,12 @@ class SolverSpec:
     adaptive: bool = False  # its cost is set by tolerances, not by an NFE budget
     options: dict = field(default_factory=dict)  # what it was configured with (reported)
     configure: Callable | None = None  # (**options) -> SolverSpec, for solvers that take options
+    bind: Callable | None = None  # (spec, run_dir, backbone) -> SolverSpec using what was fitted to that run
+    backward: bool = True  # integrates a decreasing grid (data -> noise, for inversion) at its stated order
+
+    def for_run(self, run_dir, backbone) -> "SolverSpec":
+        """This solver for one run: a solver with a fitted network loads and checks it here."""
+        return self if self.bind is None else self.bind(self, run_dir, backbone)
 
     def intervals(self, nfe: int) -> int:
         """The number of grid intervals that costs exactly ``nfe``; ConfigError otherwise.
@@ -50,6 +56,8 @@ class SolverSpec:
             raise ConfigError(f"nfe must be a positive integer; got {nfe!r}")
         if self.adaptive:
             return 1
+        if nfe < self.min_nfe:
+            raise ConfigError(f"solver {self.name} needs at least {self.min_nfe} NFE; got {nfe}")
         n = 1
         while self.nfe(n) < nfe:
             n += 1
@@ -81,11 +89,19 @@ for _spec in (
     SolverSpec("heun", heun, nfe=lambda n: 2 * n - 1,
                description="Heun predictor-corrector, 2 NFE per interval, the last one 1 (odd NFE)"),
     SolverSpec("rk4", rk4, nfe=lambda n: 4 * n, min_nfe=4, description="classical Runge-Kutta 4, 4 NFE per interval"),
-    SolverSpec("ab2", ab2, nfe=lambda n: n, description="Adams-Bashforth 2 (variable step), 1 NFE per interval"),
+    # ab2 and dpmpp2m fall back to first order on a decreasing grid (their step ratios are
+    # taken for increasing time; dpmpp2m's data prediction cannot leave t = 1): no inversion
+    SolverSpec("ab2", ab2, nfe=lambda n: n, description="Adams-Bashforth 2 (variable step), 1 NFE per interval",
+               backward=False),
     SolverSpec("dpmpp2m", dpmpp2m, nfe=lambda n: n,
-               description="DPM-Solver++(2M) on the data prediction, 1 NFE per interval"),
+               description="DPM-Solver++(2M) on the data prediction, 1 NFE per interval", backward=False),
     dopri5_spec(),
 ):
+    register_solver(_spec)
+
+from progflow.solvers.ba import registered_specs as _ba_specs  # noqa: E402  (needs SolverSpec)
+
+for _spec in _ba_specs():  # ba, ba1: placeholders until bound to a run's fitted SideNet
     register_solver(_spec)
 
 

@@ -1,0 +1,231 @@
+"""BA-solver: SideNet, bi-/single-anchor samplers, CFG per node, fitting, sampling and
+editing through the CLI on base and DFM runs, bad input."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, assert_one_line_error, cli_env, run_cli
+from progflow.guidance import CFG, GuidedVelocity
+from progflow.nn.sidenet import SideNet
+from progflow.schedules import uniform_grid
+from progflow.solvers import get_solver
+from progflow.solvers.ba import ALPHA, WEIGHTS, Side, ba_spec, bi_anchor, heun_reused, single_anchor
+from progflow.solvers.ode import euler
+
+
+# ---- quadrature and samplers against known answers -----------------------------------------------
+def poly(coefs):
+    """``p(t) = sum_i c_i t^i`` and its antiderivative from 0."""
+    p = lambda t: sum(c * t**i for i, c in enumerate(coefs))
+    P = lambda t: sum(c * t ** (i + 1) / (i + 1) for i, c in enumerate(coefs))
+    return p, P
+
+
+class Oracle:
+    """Stands in for the SideNet: the true velocity ``p(t + h)`` of a velocity that depends on time only."""
+
+    def __init__(self, ps):
+        self.ps = ps  # one polynomial per stage
+
+    def __call__(self, x, v, t_BS, hs, y):
+        out = []
+        for h in hs:
+            vals = [torch.ones_like(vs) * p(float(t_BS[0, s] + h[0, s])) for s, (p, vs) in
+                    enumerate(zip(self.ps, [v] if isinstance(v, torch.Tensor) else v))]
+            out.append(vals[0] if isinstance(v, torch.Tensor) else vals)
+        return out
+
+
+def test_gauss_lobatto_constants():
+    assert ALPHA == pytest.approx(0.2763932, abs=1e-7)
+    assert WEIGHTS == pytest.approx((1 / 12, 5 / 12, 5 / 12, 1 / 12))
+
+
+@pytest.mark.parametrize("sampler", [bi_anchor, single_anchor])
+def test_quadrature_exact_up_to_degree_5_with_true_nodes(sampler):
+    """With the SideNet replaced by the true velocity, every interval is a 4-point Gauss-Lobatto
+    rule: exact for polynomials in t of degree <= 5, not for degree 6."""
+    for degree, exact in ((3, True), (5, True), (6, False)):
+        coefs = [1.0] + [(-1.5) ** i / math.factorial(i) * 3 for i in range(1, degree + 1)]
+        p, P = poly(coefs)
+        vel = lambda x, t: torch.ones_like(x) * p(float(t))
+        x0 = torch.zeros(3, dtype=torch.float64)
+        for grid, start in ((uniform_grid(3), 0.0), (torch.tensor([0.0, 0.1, 0.45, 1.0], dtype=torch.float64), 0.0),
+                            (uniform_grid(2).flip(0), 1.0)):  # uneven and decreasing grids too
+            x, _ = sampler(vel, x0, grid, Side(Oracle([p]), 10))
+            err = abs(float(x[0]) - (P(float(grid[-1])) - P(start)))
+            assert (err < 1e-12) == exact, (degree, grid.tolist(), err)
+
+
+def test_quadrature_exact_per_stage_on_a_staged_grid():
+    """A list of stages with its own time per stage (DFM): each stage integrates exactly."""
+    p1, P1 = poly([0.5, -1.0, 2.0, 0.3, -0.7, 1.1])
+    p2, P2 = poly([1.0, 0.2, -0.4, 0.9, 0.0, -2.0])
+    grid = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.6, 0.0], [0.8, 0.5], [1.0, 1.0]], dtype=torch.float64)
+    vel = lambda x, t: [torch.ones_like(x[0]) * p1(float(t[0])), torch.ones_like(x[1]) * p2(float(t[1]))]
+    x = [torch.zeros(2, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)]
+    out, nfe = bi_anchor(vel, x, grid, Side(Oracle([p1, p2]), 10))
+    assert float(out[0][0]) == pytest.approx(P1(1.0), abs=1e-12)
+    assert float(out[1][0, 0]) == pytest.approx(P2(1.0), abs=1e-12)
+    assert nfe == 4
+
+
+class Counting:
+    """A velocity that counts its backbone evaluations (one per call or per branch pair)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+def nonlinear(x, t):
+    return torch.sin(3 * x) * (1 + float(t)) - x
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_nfe_and_sidenet_call_counts(n):
+    grid = uniform_grid(n)
+    for fn, side_calls in ((bi_anchor, 2 * n - 1), (single_anchor, n)):
+        vel = Counting(nonlinear)
+        side = Side(SideNet([(1, 8, 8)], 10, width=8, patch=2), 10)
+        _, nfe = fn(vel, torch.randn(2, 1, 8, 8), grid, side)
+        assert nfe == n == vel.calls
+        assert side.calls == side_calls
+
+
+def test_untrained_sidenet_is_the_training_free_counterpart():
+    """Zero-initialised last layer: bi-anchor = Heun with the end slope reused (heun_reused),
+    single anchor = Euler, at any grid, both directions."""
+    torch.manual_seed(0)
+    net = SideNet([(1, 8, 8)], 10, width=8, patch=2)
+    x = torch.randn(3, 1, 8, 8)
+    for grid in (uniform_grid(4), torch.tensor([0.0, 0.2, 0.7, 1.0], dtype=torch.float64), uniform_grid(3).flip(0)):
+        a, _ = bi_anchor(nonlinear, x, grid, Side(net, 10))
+        b, _ = heun_reused(nonlinear, x, grid)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        c, _ = single_anchor(nonlinear, x, grid, Side(net, 10))
+        d, _ = euler(nonlinear, x, grid)
+        torch.testing.assert_close(c, d, rtol=1e-5, atol=1e-6)
+    # and heun_reused is a real second-order method: on v = 2t it is exact but for the last Euler step
+    lin_t = lambda x, t: torch.ones_like(x) * 2 * float(t)
+    out, _ = heun_reused(lin_t, torch.zeros(1, dtype=torch.float64), uniform_grid(4))
+    assert float(out) == pytest.approx(1 - 0.25**2, abs=1e-12)
+
+
+def test_a_trained_sidenet_changes_the_result():
+    """Guard for the test above: once f's last layer is non-zero, bi-anchor is no longer heun_reused."""
+    torch.manual_seed(0)
+    net = SideNet([(1, 8, 8)], 10, width=8, patch=2)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(3, 1, 8, 8)
+    a, _ = bi_anchor(nonlinear, x, uniform_grid(4), Side(net, 10))
+    b, _ = heun_reused(nonlinear, x, uniform_grid(4))
+    assert (a - b).abs().max() > 1e-3
+
+
+class ToyBackbone(torch.nn.Module):
+    """``v = -x * (1 + y/10)``, with the null class 10 giving ``-x``: guidance changes the field."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, t, y):
+        self.calls += 1
+        return -x * (1 + y.float()[:, None, None, None] / 10) + t[:, None, None, None]
+
+
+class LabelRecorder(torch.nn.Module):
+    """A SideNet stand-in that records the labels it is called with and adds ``h * y``."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, v, t_BS, hs, y):
+        self.seen.append(y.clone())
+        return [v + h[:, 0, None, None, None] * y.float()[:, None, None, None] for h in hs]
+
+
+def test_cfg_runs_the_sidenet_on_both_branches_and_combines_per_node():
+    torch.manual_seed(0)
+    y = torch.tensor([1, 3])
+    x = torch.randn(2, 1, 4, 4)
+    grid = uniform_grid(3)
+    rec = LabelRecorder()
+    velocity = GuidedVelocity(CFG(ToyBackbone(), y, 2.0))
+    out, nfe = bi_anchor(velocity, x, grid, Side(rec, 10))
+    assert nfe == 3 and len(rec.seen) == 5  # one SideNet call per node set, both branches batched
+    assert all(torch.equal(s, torch.tensor([1, 3, 10, 10])) for s in rec.seen)
+    # per node: v_u' + w (v_c' - v_u') with v' = v + h y -> guided v + h (y_null + w (y - y_null))
+    w = 2.0
+
+    class Guided:  # the same field as a guided SideNet would give, written out
+        def __init__(self):
+            self.inner = GuidedVelocity(CFG(ToyBackbone(), y, w))
+
+        def __call__(self, x, t):
+            return self.inner(x, t)
+
+        @property
+        def y(self):
+            return y
+
+    class Shift(torch.nn.Module):  # guided-only fallback: the SideNet sees the guided velocity once
+        def forward(self, x, v, t_BS, hs, yy):
+            c = 10 + w * (y.float() - 10)
+            return [v + h[:, 0, None, None, None] * c[:, None, None, None] for h in hs]
+
+    ref, _ = bi_anchor(Guided(), x, grid, Side(Shift(), 10))
+    torch.testing.assert_close(out, ref)
+    # without guidance (scale 1) there is one branch, the conditional one
+    rec2 = LabelRecorder()
+    bi_anchor(GuidedVelocity(CFG(ToyBackbone(), y, 1.0)), x, grid, Side(rec2, 10))
+    assert all(torch.equal(s, y) for s in rec2.seen)
+
+
+def test_cfg_interval_outside_gives_one_branch():
+    y = torch.tensor([2])
+    v = GuidedVelocity(CFG(ToyBackbone(), y, 3.0, interval=(0.5, 1.0)))
+    parts, combine = v.branches(torch.ones(1, 1, 2, 2), torch.tensor(0.2, dtype=torch.float64))
+    assert len(parts) == 1
+    parts, combine = v.branches(torch.ones(1, 1, 2, 2), torch.tensor(0.7, dtype=torch.float64))
+    assert [p[1].tolist() for p in parts] == [[2], [10]]
+    torch.testing.assert_close(combine([p[0] for p in parts]), v(torch.ones(1, 1, 2, 2), torch.tensor(0.7)))
+
+
+def test_sidenet_stage_layout_round_trip_and_h_zero():
+    """DFM layout: 16px and 32px stages on one 8x8 grid; the patch map is exact, and a stage
+    with h = 0 gets its velocity back whatever the weights."""
+    torch.manual_seed(0)
+    net = SideNet([(1, 16, 16), (1, 32, 32)], 10, width=16, patch=4)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    st = [torch.randn(2, 1, 16, 16), torch.randn(2, 1, 32, 32)]
+    back = net._from_grid(net._to_grid(st))
+    assert all(torch.equal(a, b) for a, b in zip(st, back))
+    h = torch.tensor([[0.1, 0.0], [0.1, 0.0]])
+    out = net(st, st, torch.full((2, 2), 0.5), [h], torch.zeros(2, dtype=torch.long))[0]
+    assert torch.equal(out[1], st[1]) and not torch.equal(out[0], st[0])
+
+
+def test_registered_ba_refuses_without_a_sidenet():
+    from progflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fit-solver"):
+        get_solver("ba").integrate(nonlinear, torch.zeros(1), uniform_grid(3))
+    assert ba_spec(Side(Oracle([lambda t: 1.0]), 10)).nfe(7) == 7
