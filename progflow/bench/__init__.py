@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("speed", "quality")
+KINDS = ("speed", "quality", "solvers")
 
 
 def machine_info() -> dict:
@@ -58,21 +58,30 @@ def train_steps(method, model, opt, x, y, steps: int, first: int = 0) -> float:
 
 def add_bench_arguments(p) -> None:
     p.add_argument("kind", choices=KINDS, help="speed: training/sampling throughput vs matmul peak; "
-                   "quality: base vs DFM at equal training compute")
+                   "quality: base vs DFM at equal training compute; solvers: ODE solvers at equal NFE "
+                   "(endpoint error vs dopri5, FD) on trained runs")
     p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON (and plots) go")
     p.add_argument("--runs-dir", default="runs", help="where the quality benchmark keeps its training runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presets", nargs="+", help="presets to measure (speed: default fmnist-base-xs fmnist-base-s)")
-    p.add_argument("--steps", type=int, help="timed training steps (speed) / training steps per model (quality)")
-    p.add_argument("--n", type=int, help="samples per FD (quality; default 2000)")
+    p.add_argument("--steps", type=int, help="timed training steps (speed) / training steps per model (quality; "
+                   "solvers: of the xs runs, default 5000)")
+    p.add_argument("--n", type=int, help="samples per FD (quality, solvers; default 2000)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (quality)")
-    p.add_argument("--cfg-scales", type=float, nargs="+", help="guidance scales to score (quality)")
+    p.add_argument("--cfg-scales", type=float, nargs="+", help="guidance scales to score (quality; solvers: the first, "
+                   "default 1)")
     p.add_argument("--eval-every", type=int, help="steps between FD points for the FD-vs-step curve (quality)")
     p.add_argument("--size", choices=("xs", "s", "b"), help="model size for quality (default xs)")
     p.add_argument("--arms", nargs="+", metavar="ARM",
                    help="quality: run only these arms (base, dfm2, dfm3, dfm2-pq0.5, ...); finished runs of other "
                    "arms are collected from --runs-dir. Without it every arm runs and the step time is measured. "
-                   "Arms other than base and dfm2 train only the first of --seeds, unless named here")
+                   "Arms other than base and dfm2 train only the first of --seeds, unless named here. "
+                   "solvers: base, dfm2 (the quality runs), base-s (headline points)")
+    p.add_argument("--run", action="append", metavar="DIR",
+                   help="solvers: measure this trained run (repeatable) instead of the default arms")
+    p.add_argument("--solvers", nargs="+", metavar="NAME",
+                   help="solvers: measure only these (default the classical fixed-grid ones); results of others "
+                   "already cached are collected")
     p.add_argument("--timing-only", action="store_true",
                    help="quality: only the interleaved base/DFM training-step timing (writes step_time.json)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")
@@ -84,7 +93,11 @@ def run_benchmark(kind: str, args) -> None:
         from progflow.bench.speed import run_speed
 
         run_speed(args)
-    else:
+    elif kind == "quality":
         from progflow.bench.quality import run_quality
 
         run_quality(args)
+    else:
+        from progflow.bench.solvers import run_solvers
+
+        run_solvers(args)

@@ -89,15 +89,18 @@ def _config(preset_pattern: str, overrides: dict, seed: int, s: dict, tiny: bool
     return cfg.with_overrides(extra) if extra else cfg
 
 
-def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float, band_ref=None) -> dict:
+def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float, band_ref=None,
+           solver=None, shift: float | None = None) -> dict:
     """Sample ``n`` images and score them; with ``band_ref`` (uint8 NHWC reference images)
-    also the coarse/fine band scores (:func:`progflow.eval.band_scores`)."""
+    also the coarse/fine band scores (:func:`progflow.eval.band_scores`). ``solver`` /
+    ``shift`` default to the run's."""
     from progflow.data import center_crop
     from progflow.eval import band_scores, evaluate_arrays
     from progflow.sampling import generate, to_nhwc
 
     t0 = time.perf_counter()
-    images, labels, used, _ = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale, progress=False)
+    images, labels, used, _ = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale, progress=False,
+                                       solver=solver, shift=shift)
     dt = time.perf_counter() - t0
     r = evaluate_arrays(to_nhwc(images), labels.numpy(), extractor, ref)
     out = {"cfg": cfg_scale, "nfe": used, "n": n, "fd": r["fd"], "precision": r["precision"], "recall": r["recall"],

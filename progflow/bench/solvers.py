@@ -1,0 +1,350 @@
+"""``progflow bench solvers``: the ODE solvers against each other at equal NFE, on trained runs.
+
+For every run and every solver that can spend it, at each NFE of ``NFES`` and each grid
+shift of ``SHIFTS``: the endpoint error, the RMS (per sample, over the output crop, in
+[-1, 1]) of the distance to the end point of dopri5 at tight tolerance from the same noise
+and labels, averaged over ``n_err`` samples, and the wall time per image (one batch, the
+threads the process has). The best shift of a solver at an NFE is the one with the
+smallest endpoint error; at that shift, FD of ``n_fd`` class-balanced samples at each of
+``FD_NFES`` (scored like ``bench quality``). Guidance scale 1 by default (the model's own
+ODE).
+
+Runs (``--arms``, default all): ``base`` and ``dfm2`` are the quality benchmark's
+``<runs-dir>/bench-quality/{base,dfm2}-seed<seed>`` (``xs``, ``--steps``, default 5,000);
+reused when finished, trained with the quality benchmark's recipe when missing.
+``base-s`` is ``fmnist-base-s`` at its preset budget (``<runs-dir>/bench-solvers/``),
+measured on the headline points only (FD NFEs; Euler, Heun / midpoint, DPM-Solver++(2M)).
+``--run DIR`` measures any run instead, in full.
+
+Solvers are names of :mod:`progflow.solvers`; each is bound to the run it measures
+(``spec.for_run``), so a solver that needs something fitted to the run can be measured by
+name (``--solvers ... ba``) once it is fitted.
+
+Results are cached per run and solver in ``<run>/bench_solvers/`` (the reference end
+points as ``reference.npz``), cell by cell, so a killed benchmark resumes, and processes can
+split the work by ``--arms`` and ``--solvers``; a call measuring everything collects them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from progflow.bench import result_header, write_result
+from progflow.errors import ConfigError, ProgflowError
+
+NFES = (3, 4, 5, 6, 8, 10, 15, 20, 40, 100)
+FD_NFES = (5, 10, 20, 100)
+SHIFTS = (0.5, 1.0, 2.0, 3.0)
+SOLVERS = ("euler", "midpoint", "heun", "rk4", "ab2", "dpmpp2m")
+HEADLINE_SOLVERS = ("euler", "heun", "midpoint", "dpmpp2m")
+ERR_SEED, FD_SEED = 300, 200  # noise of the endpoint samples / of the FD samples (as bench quality's final)
+# arm -> where its run comes from and what is measured on it
+ARMS = {
+    "base": {"quality_arm": "base", "profile": "full"},
+    "dfm2": {"quality_arm": "dfm2", "profile": "full"},
+    "base-s": {"preset": "fmnist-base-s", "profile": "headline"},
+}
+
+
+def _settings(args) -> dict:
+    tiny = args.tiny
+    return {
+        "steps": args.steps or (4 if tiny else 5000),  # xs arms, as in bench quality
+        "nfes": [4, 5, 8] if tiny else list(NFES),
+        "fd_nfes": [4, 5] if tiny else list(FD_NFES),
+        "shifts": [1.0, 2.0] if tiny else list(SHIFTS),
+        "n_err": 8 if tiny else 256,
+        "n_fd": args.n or (20 if tiny else 2000),
+        "cfg": (args.cfg_scales or [1.0])[0],
+        "reference": {"solver": "dopri5", "full": 1e-4 if tiny else 1e-7, "headline": 1e-4 if tiny else 1e-6},
+        "n_check": 4 if tiny else 32,  # reference samples redone at 10x the tolerance, to show its error
+        "batch_size": 256,
+    }
+
+
+# ---- runs ---------------------------------------------------------------------------------
+def _latest_step(run: Path) -> int:
+    from progflow import checkpoint as ckpt
+
+    found = ckpt.list_checkpoints(run / "ckpt")
+    return int(found[-1].name.split("_")[1]) if found else 0
+
+
+def _arm_run(arm: str, args, s: dict) -> Path:
+    """The run directory of a default arm, trained here when it does not exist yet."""
+    from progflow.presets import preset_config
+    from progflow.train import train
+
+    spec, tiny, seed = ARMS[arm], args.tiny, args.seed
+    if "quality_arm" in spec:
+        from progflow.bench import quality
+
+        qs = {**quality._settings(args), "steps": s["steps"], "eval_every": max(1, s["steps"] // 5)}
+        pattern, over = quality.ARMS[spec["quality_arm"]]
+        cfg = quality._config(pattern, over, seed, qs, tiny)
+        run = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality") / f"{spec['quality_arm']}-seed{seed}"
+        if run.exists():  # the quality benchmark's run: only read, it may be training it right now
+            if _latest_step(run) < s["steps"]:
+                raise ProgflowError(f"{run} is not finished (step {_latest_step(run)} of {s['steps']}); let "
+                                    "`progflow bench quality` finish it, or pass --steps to match it")
+            return run
+    else:
+        over = {"data.dataset": "synthetic", "data.n": 64, "model.depth": 1, "steps": 4, "batch_size": 8,
+                "sample_every": 0} if tiny else {}
+        cfg = preset_config(spec["preset"], seed=seed).with_overrides(over) if over else preset_config(spec["preset"],
+                                                                                                      seed=seed)
+        run = Path(args.runs_dir) / ("bench-solvers-tiny" if tiny else "bench-solvers") / f"{arm}-seed{seed}"
+        if run.exists() and _latest_step(run) >= cfg.steps:
+            return run
+    print(f"[{arm}] training {cfg.steps} steps into {run}", flush=True)
+    train(cfg, run, resume=run.exists(), progress=False)
+    return run
+
+
+# ---- measurements -------------------------------------------------------------------------
+def _end_points(cfg, model, spec, nfe, shift, n: int, s: dict):
+    """``n`` float samples (cropped, [-1, 1]) from the endpoint noise, NFE spent, seconds."""
+    from progflow.sampling import generate
+
+    t0 = time.perf_counter()
+    x, _, used, _ = generate(cfg, model, n=n, seed=ERR_SEED, nfe=nfe, cfg_scale=s["cfg"], batch_size=s["batch_size"],
+                             progress=False, solver=spec, shift=shift, raw=True)
+    return x, used, time.perf_counter() - t0
+
+
+def _rms(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    return (x.double() - ref.double()).pow(2).flatten(1).mean(1).sqrt().numpy()
+
+
+def _reference(run: Path, cfg, model, s: dict, profile: str, cache: Path) -> tuple[torch.Tensor, dict]:
+    """dopri5 end points at tight tolerance, computed once per run (a lock lets parallel
+    processes wait for the first one instead of computing it twice)."""
+    from progflow.sampling import atomic_savez
+    from progflow.solvers import get_solver
+
+    tol = s["reference"][profile]
+    key = {"n": s["n_err"], "tol": tol, "cfg": s["cfg"], "seed": ERR_SEED, "step": _latest_step(run)}
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta_path = cache / "reference.json"
+        if meta_path.exists() and (meta := json.loads(meta_path.read_text()))["key"] == key:
+            with np.load(cache / "reference.npz", allow_pickle=False) as z:
+                return torch.from_numpy(z["x"]), meta["info"]
+        print(f"  reference: dopri5 rtol = atol = {tol:g} on {s['n_err']} samples", flush=True)
+        x, used, sec = _end_points(cfg, model, get_solver("dopri5", rtol=tol, atol=tol), None, 1.0, s["n_err"], s)
+        m = s["n_check"]
+        loose, used_loose, _ = _end_points(cfg, model, get_solver("dopri5", rtol=10 * tol, atol=10 * tol), None, 1.0,
+                                           m, s)
+        info = {"solver": "dopri5", "rtol": tol, "atol": tol, "nfe": used, "ms_per_image": 1e3 * sec / s["n_err"],
+                f"rms_of_10x_looser_on_{m}": float(_rms(loose, x[:m]).mean()), "nfe_10x_looser": used_loose}
+        atomic_savez(cache / "reference.npz", x=x.numpy())
+        write_result({"key": key, "info": info}, meta_path)
+        print(f"  reference: {used} NFE, {info['ms_per_image']:.0f} ms/image; 10x looser differs by "
+              f"{info[f'rms_of_10x_looser_on_{m}']:.2e}", flush=True)
+        return x, info
+
+
+def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats, cache: Path) -> dict:
+    """Endpoint cells and FD points of one solver on one run, read from / added to its cache."""
+    from progflow.bench.quality import _score
+    from progflow.solvers import get_solver
+
+    key = {k: s[k] for k in ("n_err", "n_fd", "cfg")} | {"step": _latest_step(run), "reference": s["reference"][profile],
+                                                          "features": str(extractor.name) if extractor else None}
+    path = cache / f"{name}.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    done = saved if saved.get("key") == key else {"key": key, "endpoint": {}, "fd": {}}
+    spec = get_solver(name).for_run(run, model)
+    nfes = s["fd_nfes"] if profile == "headline" else s["nfes"]
+    fresh = 0
+    for nfe in nfes:
+        for shift in s["shifts"]:
+            cell = f"{nfe}|{shift}"
+            if cell in done["endpoint"]:
+                continue
+            try:
+                x, used, sec = _end_points(cfg, model, spec, nfe, shift, s["n_err"], s)
+            except ConfigError:  # an NFE this solver cannot spend on this method (raised before sampling)
+                done["endpoint"].update({f"{nfe}|{sh}": None for sh in s["shifts"]})
+                write_result(done, path)
+                break
+            err = _rms(x, ref)
+            done["endpoint"][cell] = {"solver": name, "nfe": used, "shift": shift, "rms": float(err.mean()),
+                                      "rms_p90": float(np.quantile(err, 0.9)), "ms_per_image": 1e3 * sec / len(x),
+                                      "options": spec.options}
+            fresh += 1
+            write_result(done, path)
+            print(f"  {name} NFE {nfe} shift {shift}: endpoint RMS {err.mean():.4f} ({1e3 * sec / len(x):.1f} ms/image)",
+                  flush=True)
+    best = _collect(done)["best_shift"]
+    for nfe in s["fd_nfes"]:
+        if str(nfe) not in best or extractor is None:
+            continue
+        cell = f"{nfe}|{best[str(nfe)]}"
+        if cell in done["fd"]:
+            continue
+        r = _score(cfg, model, extractor, ref_feats, n=s["n_fd"], seed=FD_SEED, nfe=nfe, cfg_scale=s["cfg"],
+                   solver=spec, shift=best[str(nfe)])
+        done["fd"][cell] = {"solver": name, "shift": best[str(nfe)], **r}
+        fresh += 1
+        write_result(done, path)
+        print(f"  {name} NFE {nfe} shift {best[str(nfe)]}: FD {r['fd']:.2f} (n={s['n_fd']})", flush=True)
+    if not fresh:
+        print(f"  {name}: cached in {path}", flush=True)
+    return _collect(done)
+
+
+def _measure_run(arm, run: Path, profile: str, s, chosen, extractor, ref_feats) -> dict:
+    """Measure the ``chosen`` solvers on ``run`` (the headline profile: those of
+    ``HEADLINE_SOLVERS`` and any not in ``SOLVERS``); collect the others' cached results."""
+    from progflow.sampling import load_run
+
+    cfg, model, path = load_run(run)
+    cache = run / "bench_solvers"
+    cached = sorted(p.stem for p in cache.glob("*.json") if p.stem != "reference") if cache.exists() else []
+    wanted = [n for n in dict.fromkeys([*SOLVERS, *chosen, *cached])
+              if profile == "full" or n in HEADLINE_SOLVERS or n not in SOLVERS]
+    print(f"[{arm}] {run} ({cfg.preset}, step {_latest_step(run)}): {', '.join(wanted)}", flush=True)
+    ref, ref_info = (_reference(run, cfg, model, s, profile, cache) if any(n in chosen for n in wanted)
+                     else (None, None))
+    out = {"arm": arm, "run": str(run), "checkpoint": str(path), "preset": cfg.preset, "method": cfg.method.name,
+           "train_steps": _latest_step(run), "profile": profile, "reference": ref_info, "endpoint": [], "fd": [],
+           "best_shift": {}}
+    for name in wanted:
+        if name in chosen:
+            r = _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats, cache)
+        elif (cache / f"{name}.json").exists():  # measured by another process
+            r = _collect(json.loads((cache / f"{name}.json").read_text()))
+        else:
+            continue
+        out["endpoint"] += r["endpoint"]
+        out["fd"] += r["fd"]
+        out["best_shift"][name] = r["best_shift"]
+        if ref_info is None and (cache / "reference.json").exists():
+            out["reference"] = json.loads((cache / "reference.json").read_text())["info"]
+    return out
+
+
+def _collect(saved: dict) -> dict:
+    """A solver's cached cells as result rows, with its best shift per NFE (least endpoint error)."""
+    rows = [r for r in saved.get("endpoint", {}).values() if r is not None]
+    best = {str(nfe): min((r for r in rows if r["nfe"] == nfe), key=lambda r: r["rms"])["shift"]
+            for nfe in sorted({r["nfe"] for r in rows})}
+    return {"endpoint": rows, "best_shift": best, "fd": list(saved.get("fd", {}).values())}
+
+
+# ---- the command --------------------------------------------------------------------------
+def _summary(runs: list[dict]) -> dict:
+    """Per run and NFE: the solver with the least endpoint error and the one with the best FD."""
+    out = {}
+    for r in runs:
+        row = {}
+        for nfe in sorted({e["nfe"] for e in r["endpoint"]}):
+            cells = [e for e in r["endpoint"] if e["nfe"] == nfe]
+            e = min(cells, key=lambda c: c["rms"])
+            row[str(nfe)] = {"least_error": [e["solver"], e["shift"], e["rms"]]}
+            fds = [f for f in r["fd"] if f["nfe"] == nfe]
+            if fds:
+                f = min(fds, key=lambda c: c["fd"])
+                row[str(nfe)]["best_fd"] = [f["solver"], f["shift"], f["fd"]]
+        out[r["arm"]] = row
+    return out
+
+
+def _plot(runs: list[dict], stem: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install progflow[plot]); no plots written")
+        return []
+    names = sorted({e["solver"] for r in runs for e in r["endpoint"]})
+    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    written = []
+    for what, ylabel in (("error", "endpoint RMS vs dopri5 (log)"), ("fd", "FD (classifier features)")):
+        fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 4), squeeze=False)
+        for ax, r in zip(axes[0], runs):
+            for n in names:
+                if what == "error":
+                    best = r["best_shift"].get(n, {})
+                    for style, pick in (("-", lambda e: e["shift"] == best.get(str(e["nfe"]))),
+                                        (":", lambda e: e["shift"] == 1.0)):
+                        pts = sorted((e["nfe"], e["rms"]) for e in r["endpoint"] if e["solver"] == n and pick(e))
+                        if pts:
+                            ax.plot(*zip(*pts), style, marker="o", ms=3, color=colors[n],
+                                    label=n if style == "-" else None)
+                else:
+                    pts = sorted((f["nfe"], f["fd"]) for f in r["fd"] if f["solver"] == n)
+                    if pts:
+                        ax.plot(*zip(*pts), "-", marker="o", ms=3, color=colors[n], label=n)
+            ax.set_xscale("log")
+            ticks = sorted({e["nfe"] for e in r["endpoint"]})
+            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+            ax.minorticks_off()
+            if what == "error":
+                ax.set_yscale("log")
+            ax.set_xlabel("NFE")
+            ax.set_ylabel(ylabel)
+            note = "solid: best shift, dotted: uniform" if what == "error" else "at the best shift"
+            ax.set_title(f"{r['arm']} ({r['preset']}, {r['train_steps']} steps)\n{note}", fontsize=8)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = stem.with_name(f"{stem.name}_{what}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run_solvers(args) -> Path:
+    from progflow.eval import get_extractor, reference_stats
+    from progflow.solvers import get_solver
+
+    s = _settings(args)
+    names = list(args.solvers or SOLVERS)
+    for n in names:
+        get_solver(n)  # unknown names fail here, before any work
+    if args.run:
+        arms = {Path(d).name: (Path(d), "full") for d in args.run}
+        stem = "solvers_" + "_".join(arms)
+    else:
+        chosen_arms = args.arms or list(ARMS)
+        if set(chosen_arms) - set(ARMS):
+            raise ConfigError(f"unknown --arms {sorted(set(chosen_arms) - set(ARMS))}; choose from {sorted(ARMS)}")
+        arms = {a: (None, ARMS[a]["profile"]) for a in ARMS}
+        stem = "solvers"
+    stem += "_tiny" if args.tiny else ""
+    out = Path(args.out_dir) / f"{stem}.json"
+    extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
+    ref_feats = reference_stats(extractor, data_dir=args.data_dir)
+    header = {**result_header(args.seed), "benchmark": "solvers", "settings": s,
+              "torch_threads": torch.get_num_threads(),
+              "notes": {"base-s": "fmnist-base-s trained at its preset budget (1500 steps), headline points only"}}
+    print(f"solver benchmark: {s}", flush=True)
+    runs = []
+    for arm, (run, profile) in arms.items():
+        active = args.run or arm in chosen_arms
+        if run is None:
+            if active:
+                run = _arm_run(arm, args, s)
+            else:
+                base = "bench-quality" if "quality_arm" in ARMS[arm] else "bench-solvers"
+                name = ARMS[arm].get("quality_arm", arm)
+                run = Path(args.runs_dir) / (base + ("-tiny" if args.tiny else "")) / f"{name}-seed{args.seed}"
+                if not (run / "bench_solvers").exists():
+                    continue
+        runs.append(_measure_run(arm, run, profile, s, names if active else [], extractor, ref_feats))
+        write_result({**header, "runs": runs, "summary": _summary(runs)}, out)
+    plots = _plot(runs, out.with_suffix(""))
+    print(json.dumps(_summary(runs), indent=1))
+    print(f"wrote {out}" + "".join(f" and {p}" for p in plots))
+    return out
