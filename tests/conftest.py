@@ -43,6 +43,17 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_args():
     return list(TINY)
 

@@ -28,13 +28,7 @@ def dfm_cfg(stages=2, data=None, model=None, **method):
                        method=DFMConfig(stages=stages, **method))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rng(step=0, batch=8):

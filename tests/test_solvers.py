@@ -15,12 +15,7 @@ from progflow.solvers import get_solver
 FIXED = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 2, "dpmpp2m": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- fields with closed-form solutions --------------------------------------------------
