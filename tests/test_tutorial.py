@@ -18,7 +18,7 @@ from conftest import ROOT, cli_env
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 # the tutorial's budget -> the test's (same commands, seconds instead of minutes)
 TINY_VALUES = {"--steps": {"300": "4", "400": "6", "100": "2"}, "--ckpt-every": {"100": "2", "50": "1"},
-               "--sample-every": {"100": "2"}, "--n": {"200": "20"}, "--nfe": {"20": "4"}}
+               "--sample-every": {"100": "2", "0": "0"}, "--n": {"200": "20"}, "--nfe": {"20": "4"}}
 
 
 def tutorial_blocks() -> list[tuple[list[str], str]]:
