@@ -116,7 +116,10 @@ def cmd_info(args) -> None:
     if not cfg.data.frames:
         from progflow.fit_solver import sidenet_info
 
-        info["sidenet"] = sidenet_info(cfg, target if Path(target).is_dir() else None)
+        try:
+            info["sidenet"] = sidenet_info(cfg, target if Path(target).is_dir() else None)
+        except ProgflowError as e:  # a method the BA-solver does not cover (yet)
+            info["sidenet"] = {"available": False, "reason": str(e)}
     print(json.dumps(info, indent=2))
 
 

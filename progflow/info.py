@@ -4,7 +4,14 @@
 (same width, depth, heads and finest-stage patch, so the same token count) and reports
 parameters and forward FLOPs for one sample (image or clip), counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention; a
-multiply-add counts 2 FLOPs; elementwise ops are not counted).
+multiply-add counts 2 FLOPs; elementwise ops are not counted). The forward pass is the
+one ``model.example_inputs()`` describes, i.e. one training pass per sample.
+
+Sampling cost per image: FLOPs of one ``method.sample`` call for one sample at the
+method's ``nfe`` without guidance (guidance doubles every method alike), against the base
+twin at 40 NFE. A model with a ``cost_parts() -> {label: attribute}`` hook (networks made
+of separately run parts) also gets per part: parameters, training-pass FLOPs, sampling
+FLOPs and how often the part ran while sampling one image.
 
 >>> info = model_info("fmnist-dfm-xs")
 >>> info["tokens"], info["base_tokens"]
@@ -19,12 +26,15 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from progflow.config import ModelConfig
+from progflow.config import MethodConfig, ModelConfig
 from progflow.nn.dit import DiT, build_model, count_parameters
 
 
 def base_model_config(model: ModelConfig) -> ModelConfig:
-    """The plain DiT fields of any architecture's model config (its base twin)."""
+    """The plain DiT fields of any architecture's model config (its base twin); a config
+    class with a ``base_twin()`` method names its own (e.g. the DiT of its ``size``)."""
+    if hasattr(model, "base_twin"):
+        return model.base_twin()
     return ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)} | {"arch": "dit"})
 
 
@@ -34,6 +44,37 @@ def forward_flops(model, inputs: tuple) -> int:
     with torch.no_grad(), counter:
         model(*inputs)
     return int(counter.get_total_flops())
+
+
+def _flops_by_part(counter: FlopCounterMode, model, parts: dict[str, str]) -> dict[str, int]:
+    """FLOPs counted inside each part, called through the model or on its own."""
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    return {label: int(sum(counts.get(f"{root}.{attr}", counts.get(type(getattr(model, attr)).__name__, {})).values()))
+            for label, attr in parts.items()}
+
+
+def sampling_cost(cfg, model, nfe: int | None = None) -> dict:
+    """FLOPs and part calls of sampling one image with ``cfg``'s method (guidance 1)."""
+    from progflow.methods import build_method
+
+    parts = model.cost_parts() if hasattr(model, "cost_parts") else {}
+    calls = dict.fromkeys(parts, 0)
+    hooks = [getattr(model, attr).register_forward_hook(lambda *_, label=label: calls.__setitem__(label, calls[label] + 1))
+             for label, attr in parts.items()]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            res = build_method(cfg).sample(model, torch.zeros(1, dtype=torch.long), generator=torch.Generator().manual_seed(0),
+                                           nfe=nfe, cfg_scale=1.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {"nfe": res.nfe, "flops": int(counter.get_total_flops())}
+    if parts:
+        out["parts"] = {label: {"calls": calls[label], "flops": f} for label, f in
+                        _flops_by_part(counter, model, parts).items()}
+    return out
 
 
 def model_info(cfg) -> dict:
@@ -48,8 +89,20 @@ def model_info(cfg) -> dict:
     model = build_model(cfg).eval()
     base = DiT(cfg.data, base_model_config(cfg.model)).eval()
     params, base_params = count_parameters(model), count_parameters(base)
-    flops = forward_flops(model, model.example_inputs())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*model.example_inputs())
+    flops = int(counter.get_total_flops())
     base_flops = forward_flops(base, base.example_inputs())
+    sample = sampling_cost(cfg, model)
+    base_sample = sampling_cost(dataclasses.replace(cfg, model=base_model_config(cfg.model), method=MethodConfig(nfe=40)), base)
+    extra = {}
+    if hasattr(model, "cost_parts"):
+        parts = model.cost_parts()
+        train = _flops_by_part(counter, model, parts)
+        extra["parts"] = {label: {"params": count_parameters(getattr(model, attr)), "flops": train[label],
+                                  "sample_calls": sample["parts"][label]["calls"],
+                                  "sample_flops": sample["parts"][label]["flops"]} for label, attr in parts.items()}
     return {
         "arch": cfg.model.arch,
         "method": cfg.method.name,
@@ -63,4 +116,10 @@ def model_info(cfg) -> dict:
         "flops": flops,
         "base_flops": base_flops,
         "flop_ratio": flops / base_flops,
+        **extra,
+        "sample_nfe": sample["nfe"],
+        "sample_flops": sample["flops"],
+        "base_sample_nfe": base_sample["nfe"],
+        "base_sample_flops": base_sample["flops"],
+        "sample_flop_ratio": sample["flops"] / base_sample["flops"],
     }

@@ -135,3 +135,29 @@ def split_steps(total: int, weights) -> tuple[int, ...]:
     while sum(out) > total:  # the minimum of one step overshot: take from the largest
         out[max(range(n), key=lambda i: (out[i], -i))] -= 1
     return tuple(out)
+
+
+def phase_intervals(spec, nfe: int, weights, what: str) -> tuple[int, ...]:
+    """Grid intervals per phase when every phase is a separate solve of ``spec`` (a
+    :class:`~progflow.solvers.SolverSpec`) and all of them together must cost exactly
+    ``nfe``: the smallest total ``N`` of intervals, split over the phases in proportion to
+    ``weights`` (:func:`split_steps`), whose cost ``sum_j spec.nfe(n_j)`` is ``nfe``.
+    An adaptive solver gets one interval per phase. ConfigError, naming ``what`` (e.g.
+    "DFM's 2 sampling phases") and the costs it can reach, when no ``N`` fits.
+    """
+    n_phases = len(weights)
+    if spec.adaptive:
+        return (1,) * n_phases
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < n_phases:
+        raise ConfigError(f"nfe {nfe!r} cannot cover {what}")
+    costs = []
+    for total in range(n_phases, nfe + 1):
+        phases = split_steps(total, weights)
+        costs.append(sum(spec.nfe(n) for n in phases))
+        if costs[-1] == nfe:
+            return phases
+        if costs[-1] > nfe:
+            break
+    near = sorted(set(costs))[-4:]
+    raise ConfigError(f"solver {spec.name} cannot spend exactly {nfe} NFE over {what} "
+                      f"(each phase is a separate solve); it can spend ..., {', '.join(map(str, near))}, ...")

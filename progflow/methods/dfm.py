@@ -40,7 +40,7 @@ from progflow.methods.base import SampleResult, drop_labels
 from progflow.paths import expand_time, interpolate, logit_normal_from_normal, velocity_target
 from progflow.presets import PRESETS, register_preset
 from progflow.registry import register_method
-from progflow.schedules import dfm_schedule, segment_grid, split_steps, time_grid
+from progflow.schedules import dfm_schedule, phase_intervals, segment_grid, split_steps, time_grid
 from progflow.solvers import get_solver
 
 STD_SUBSET = 512  # samples used to estimate per-stage scales
@@ -239,24 +239,9 @@ class DecomposableFlowMatching:
         whose total cost is exactly ``nfe``; ConfigError listing the totals the solver can
         spend otherwise. An adaptive solver gets one interval per phase.
         """
-        spec = get_solver(solver or self.mc.solver)
         steps = tuple(self.stage_steps)
-        if spec.adaptive:
-            return (1,) * self.S
-        nfe = sum(steps) if nfe is None else nfe
-        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < self.S:
-            raise ConfigError(f"nfe {nfe!r} cannot cover {self.S} sampling phases")
-        costs = []
-        for total in range(self.S, nfe + 1):
-            phases = split_steps(total, steps)
-            costs.append(sum(spec.nfe(n) for n in phases))
-            if costs[-1] == nfe:
-                return phases
-            if costs[-1] > nfe:
-                break
-        near = sorted(set(costs))[-4:]
-        raise ConfigError(f"solver {spec.name} cannot spend exactly {nfe} NFE over DFM's {self.S} sampling phases "
-                          f"(each phase is a separate solve); it can spend ..., {', '.join(map(str, near))}, ...")
+        return phase_intervals(get_solver(solver or self.mc.solver), sum(steps) if nfe is None else nfe, steps,
+                               f"DFM's {self.S} sampling phases")
 
     @torch.no_grad()
     def sample(self, model, y: torch.Tensor, *, generator: torch.Generator, nfe: int | None = None,

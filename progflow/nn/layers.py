@@ -71,10 +71,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BLD: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+        """With a ``cache`` dict (autoregressive generation), the keys and values of earlier
+        calls are prepended to this call's and the result stored back; ``attn_mask`` is then
+        ``(L, L_cached + L)``."""
         B, L, D = x_BLD.shape
-        qkv = self.qkv(x_BLD).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        q, k, v = self.qkv(x_BLD).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -103,12 +111,13 @@ class AdaLNZeroBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x_BLD: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``c`` is ``(B, D)`` or, for spatial adaLN, ``(B, L, D)``."""
+    def forward(self, x_BLD: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+        """``c`` is ``(B, D)`` or, for spatial adaLN, ``(B, L, D)``; ``cache`` as in :class:`Attention`."""
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
         if c.ndim == 2:
             g1, g2 = g1[:, None], g2[:, None]
-        x_BLD = x_BLD + g1 * self.attn(modulate(self.norm1(x_BLD), s1, sc1), attn_mask)
+        x_BLD = x_BLD + g1 * self.attn(modulate(self.norm1(x_BLD), s1, sc1), attn_mask, cache)
         return x_BLD + g2 * self.mlp(modulate(self.norm2(x_BLD), s2, sc2))
 
 
