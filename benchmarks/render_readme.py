@@ -77,10 +77,51 @@ def quality_table() -> str:
     return "\n".join(lines)
 
 
+def _cell(rows: list, nfe: int, key: str, fmt: str) -> str:
+    hit = [r for r in rows if r["nfe"] == nfe]
+    return f"{fmt.format(hit[0][key])} (s{hit[0]['shift']:g})" if hit else "-"
+
+
+def solvers_table() -> str:
+    f = RESULTS / "solvers.json"
+    if not f.exists():
+        return "_No solver result committed yet._"
+    r = json.loads(f.read_text())
+    s = r["settings"]
+    ref = {run["arm"]: run["reference"] for run in r["runs"] if run["reference"]}
+    lines = [f"**Solvers at equal NFE** (`{r['command']}`, {r['date']}, {r['torch_threads']} thread): endpoint "
+             f"error = RMS distance (per sample, pixels in [-1, 1]) to the end point of dopri5 from the same noise, "
+             f"mean over {s['n_err']} samples; each solver at its best grid shift of "
+             f"{', '.join(f'{x:g}' for x in s['shifts'])} (in brackets, `s1` = uniform); FD of {s['n_fd']} samples "
+             f"at that shift; guidance scale {s['cfg']:g}. References: "
+             + "; ".join(f"{arm} dopri5 rtol = atol = {x['rtol']:g}, {x['nfe']:.0f} NFE" for arm, x in ref.items())
+             + "."]
+    for run in r["runs"]:
+        best = run["best_shift"]
+        rows = {n: [e for e in run["endpoint"] if e["solver"] == n and e["shift"] == best[n].get(str(e["nfe"]))]
+                for n in best}
+        fds = {n: [x for x in run["fd"] if x["solver"] == n] for n in best}
+        nfes = sorted({e["nfe"] for e in run["endpoint"]})
+        fd_nfes = sorted({x["nfe"] for x in run["fd"]})
+        lines += ["", f"`{run['arm']}`: {run['preset']}, {run['train_steps']} training steps"
+                  + (" (headline points only)" if run["profile"] == "headline" else "") + ".", "",
+                  "| solver | " + " | ".join(f"error @{n}" for n in nfes) + " | "
+                  + " | ".join(f"FD @{n}" for n in fd_nfes) + " | ms / image / NFE |",
+                  "|---" * (2 + len(nfes) + len(fd_nfes)) + "|"]
+        for n in [n for n in best if rows[n]]:
+            ms = sorted(e["ms_per_image"] / e["nfe"] for e in rows[n])
+            lines.append(f"| {n} | " + " | ".join(_cell(rows[n], k, "rms", "{:.4f}") for k in nfes) + " | "
+                         + " | ".join(_cell(fds[n], k, "fd", "{:.1f}") for k in fd_nfes)
+                         + f" | {ms[len(ms) // 2]:.2f} |")
+    lines += ["", "Plots: `benchmarks/results/solvers_error.png` (endpoint error vs NFE, best shift and uniform), "
+              "`benchmarks/results/solvers_fd.png` (FD vs NFE)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n{END}"
+    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{solvers_table()}\n{END}"
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:

@@ -82,6 +82,8 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--solvers", nargs="+", metavar="NAME",
                    help="solvers: measure only these (default the classical fixed-grid ones); results of others "
                    "already cached are collected")
+    p.add_argument("--solver", help="quality: the solver of every FD (default euler; see progflow sample --solver)")
+    p.add_argument("--shift", type=float, help="quality: the time-grid shift of every FD (default 1, uniform)")
     p.add_argument("--timing-only", action="store_true",
                    help="quality: only the interleaved base/DFM training-step timing (writes step_time.json)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")
