@@ -111,9 +111,10 @@ def invert_and_generate(method, model, spec, x: torch.Tensor, y_src: torch.Tenso
     """``(edited images, inverted noise, nfe back, nfe forward)`` for one batch ``x`` (model range).
     ``y_src`` None inverts with the null class."""
     null = torch.full_like(y_dst, method.num_classes)
-    src = record_phases(method, model, null if y_src is None else y_src, nfe=nfe, cfg_scale=cfg_scale, shift=shift)
+    src = record_phases(method, model, null if y_src is None else y_src, nfe=nfe, cfg_scale=cfg_scale, shift=shift,
+                        solver=spec)
     noise, back = integrate_phases(spec, src, None, backward=True, state=to_state(method, x))
-    dst = record_phases(method, model, y_dst, nfe=nfe, cfg_scale=cfg_scale, shift=shift)
+    dst = record_phases(method, model, y_dst, nfe=nfe, cfg_scale=cfg_scale, shift=shift, solver=spec)
     out, fwd = integrate_phases(spec, dst, noise)
     return from_state(method, out), noise, back, fwd
 

@@ -137,8 +137,13 @@ def sidenet_for(fit: FitConfig, stage_shapes, num_classes: int):
 
 
 def state_shapes(phases: list[Phase]) -> list[list[int]]:
-    x = phases[0].x
-    return [list(s.shape[1:]) for s in ([x] if isinstance(x, torch.Tensor) else x)]
+    """Per-stage sample shapes of the solver state; ConfigError when phases differ (a
+    method whose state changes shape between phases, e.g. scale by scale, is not covered)."""
+    shapes = [[list(s.shape[1:]) for s in ([p.x] if isinstance(p.x, torch.Tensor) else p.x)] for p in phases]
+    if any(s != shapes[0] for s in shapes):
+        raise ConfigError("the BA-solver's SideNet needs one state layout for all sampling phases; this method "
+                          "changes it between phases")
+    return shapes[0]
 
 
 # ---- the objective ---------------------------------------------------------------------------------
@@ -230,6 +235,15 @@ class ChainObjective:
             loss = loss + _sq_error(node_1, v_next)
             v, t, tau = v_next, t_next, tau + h_tau
         return loss / fit.chain, {}
+
+
+@torch.no_grad()
+def heldout_error(fit: FitConfig, cfg, method, backbone, net, data, batches: int = 4, seed: int = 12345) -> float:
+    """The fitting loss of ``net`` on chains it was not fitted on: ``data`` (e.g. the test
+    split) and a seed of their own pick start points and offsets; no label dropout."""
+    fit = dataclasses.replace(fit, seed=seed, label_dropout=0.0)
+    objective = ChainObjective(fit, cfg, method, backbone, net, data)
+    return sum(float(objective(k)[0]) for k in range(batches)) / batches
 
 
 def _rows_at_fraction(phase: Phase, rows: torch.Tensor) -> torch.Tensor:
@@ -340,4 +354,5 @@ def fit_config_from_args(args) -> FitConfig:
     return fit.with_overrides(overrides) if overrides else fit
 
 
-__all__ = ["ChainObjective", "FitConfig", "fit_config_from_args", "fit_solver", "sidenet_for", "sidenet_info"]
+__all__ = ["ChainObjective", "FitConfig", "fit_config_from_args", "fit_solver", "heldout_error", "sidenet_for",
+           "sidenet_info"]

@@ -229,3 +229,185 @@ def test_registered_ba_refuses_without_a_sidenet():
     with pytest.raises(ConfigError, match="fit-solver"):
         get_solver("ba").integrate(nonlinear, torch.zeros(1), uniform_grid(3))
     assert ba_spec(Side(Oracle([lambda t: 1.0]), 10)).nfe(7) == 7
+
+
+# ---- fitting --------------------------------------------------------------------------------------------
+def test_fitting_lowers_the_sidenet_error_on_held_out_points(tmp_path):
+    """A backbone whose velocity changes with time (random, non-zero heads); the SideNet's error
+    against it on test-split chains with their own seed drops with fitting."""
+    from progflow.data import make_synthetic
+    from progflow.fit_solver import ChainObjective, FitConfig, heldout_error, sidenet_for, state_shapes
+    from progflow.methods import build_method
+    from progflow.nn.dit import build_model
+    from progflow.presets import preset_config
+    from progflow.solvers.phases import record_phases
+    from progflow.train import training_loop
+
+    cfg = preset_config("fmnist-base-xs").with_overrides({"model.depth": 1, "data.dataset": "synthetic"})
+    torch.manual_seed(0)
+    backbone = build_model(cfg).eval().requires_grad_(False)
+    torch.nn.init.normal_(backbone.final.linear.weight, std=0.3)
+    torch.nn.init.normal_(backbone.final.ada[1].weight, std=0.3)
+    method = build_method(cfg)
+    train = make_synthetic(256, image_size=32, channels=1, seed=0)
+    test = make_synthetic(64, image_size=32, channels=1, seed=1)
+    fit = FitConfig(steps=30, batch_size=8, chain=3, lr=3e-3, warmup=5, log_every=100,
+                    ckpt_every=100).with_overrides({"sidenet.width": 8})
+    net = sidenet_for(fit, state_shapes(record_phases(method, backbone, torch.zeros(1, dtype=torch.long))), 10)
+    before = heldout_error(fit, cfg, method, backbone, net, test)
+    training_loop(fit, net, ChainObjective(fit, cfg, method, backbone, net, train), ckpt_root=tmp_path / "ckpt",
+                  log_path=tmp_path / "log.jsonl", progress=False)
+    after = heldout_error(fit, cfg, method, backbone, net, test)
+    assert after < 0.95 * before, (before, after)
+
+
+def test_offsets_are_signed_truncated_and_stay_in_the_phase():
+    from progflow.fit_solver import draw_offsets
+    from progflow.rng import BatchRandom
+
+    tau = torch.rand(20000, dtype=torch.float64)
+    h = draw_offsets(BatchRandom(0, 0, 20000, slice(None)), tau, 0.0, 1.0, 0.05, 0.3)
+    assert ((tau + h) >= 0).all() and ((tau + h) <= 1).all() and h.abs().max() <= 0.3 + 1e-12
+    mid = (tau > 0.35) & (tau < 0.65)  # away from the ends no flip or clip: half each way, mean size ~ scale
+    assert abs(float((h[mid] > 0).double().mean()) - 0.5) < 0.03
+    assert float(h[mid].abs().mean()) == pytest.approx(0.05 * (1 - 7 * math.exp(-6)) / (1 - math.exp(-6)), rel=0.06)
+
+
+# ---- through the command line, base and DFM ---------------------------------------------------------------
+FIT = ["--batch-size", "8", "--chain", "3", "--set", "sidenet.width=8", "--log-every", "1", "--no-progress"]
+
+
+def tiny_run(root: Path, preset: str) -> Path:
+    run = root / preset
+    args = [a if a != "fmnist-base-xs" else preset for a in TINY]
+    run_cli("train", *args, "--steps", "30", "--out", run, check=0)
+    return run
+
+
+@pytest.fixture(scope="module", params=["fmnist-base-xs", "fmnist-dfm-xs"])
+def fitted(request, tmp_path_factory):
+    run = tiny_run(tmp_path_factory.mktemp("ba"), request.param)
+    run_cli("fit-solver", run, *FIT, "--steps", "8", "--ckpt-every", "4", check=0)
+    samples = run.parent / "s.npz"
+    run_cli("sample", run, "--solver", "euler", "--nfe", "20", "--n", "10", "--out", samples, "--no-progress", check=0)
+    return run, samples
+
+
+def summary(p) -> dict:
+    return json.loads(p.stdout)
+
+
+def test_fit_writes_solver_dir_with_backbone_hash(fitted):
+    run, _ = fitted
+    rec = json.loads((run / "solver" / "solver.json").read_text())
+    assert rec["steps_done"] == 8 and len(rec["backbone_hash"]) == 64 and rec["fit_wall_s"] > 0
+    from progflow.sampling import load_run
+    from progflow.solvers.ba import weights_hash
+
+    assert rec["backbone_hash"] == weights_hash(load_run(run)[1])
+    assert [json.loads(x)["step"] for x in (run / "solver" / "log.jsonl").read_text().splitlines()] == list(range(1, 9))
+    assert sorted(p.name for p in (run / "solver" / "ckpt").iterdir()) == ["step_00000004", "step_00000008"]
+    info = summary(run_cli("info", run, check=0))["sidenet"]
+    assert info["fitted"] and info["params"] == rec["sidenet_params"]
+    assert info["share_of_backbone"] == pytest.approx(rec["sidenet_params"] / rec["backbone_params"])
+
+
+@pytest.mark.parametrize("solver,calls", [("ba", lambda n, phases: 2 * n - phases), ("ba1", lambda n, phases: n)])
+def test_sample_with_the_fitted_solver(fitted, tmp_path, solver, calls):
+    run, _ = fitted
+    phases = 2 if "dfm" in run.name else 1
+    for cfg_scale in ("1", "2"):
+        out = tmp_path / f"{solver}{cfg_scale}.npz"
+        s = summary(run_cli("sample", run, "--solver", solver, "--nfe", "6", "--cfg", cfg_scale, "--n", "20",
+                            "--out", out, "--no-progress", check=0))
+        assert s["nfe"] == 6 and s["sidenet_calls"] == calls(6, phases) and s["sidenet"].endswith("solver")
+        with np.load(out) as f:
+            assert f["images"].shape == (20, 32, 32, 1) and f["images"].std() > 0  # synthetic data: no crop
+
+
+def test_edit_round_trip_and_class_change(fitted, tmp_path):
+    run, samples = fitted
+    errs = {}
+    for solver, nfe in (("ba", "8"), ("euler", "8"), ("rk4", "40")):
+        out = tmp_path / f"rt-{solver}.npz"
+        s = summary(run_cli("edit", run, "--images", samples, "--solver", solver, "--nfe", nfe, "--out", out, check=0))
+        assert s["nfe_inversion"] == s["nfe_generation"] == int(nfe)
+        errs[solver] = s["round_trip_rms"]
+        with np.load(out) as f, np.load(samples) as g:
+            assert np.array_equal(f["source"], g["images"]) and np.array_equal(f["labels"], g["labels"])
+    assert errs["rk4"] < 1e-3 and errs["ba"] < 0.05, errs  # inversion retraces the trajectory
+    out = tmp_path / "to3.npz"
+    s = summary(run_cli("edit", run, "--images", samples, "--to-class", "3", "--solver", "ba", "--nfe", "6",
+                        "--cfg", "2", "--out", out, check=0))
+    with np.load(out) as f:
+        assert (f["labels"] == 3).all() and f["images"].shape == (10, 32, 32, 1)
+        assert not np.array_equal(f["images"], f["source"])
+    assert s["change_rms"] > errs["ba"] and out.with_suffix(".png").exists()
+
+
+def test_fit_resumes_bit_exactly_after_sigkill(tmp_path):
+    run = tiny_run(tmp_path, "fmnist-base-xs")
+    steps = ["--steps", "30", "--ckpt-every", "5", "--keep-last", "10"]
+    ref = tmp_path / "ref"
+    run_cli("fit-solver", run, *FIT, *steps, "--out", ref, check=0)
+    killed = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "progflow.cli", "fit-solver", str(run), *FIT, *steps, "--out",
+                          str(killed)], env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = killed / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "ckpt" / "step_00000030").exists(), "the fit finished before it was killed"
+    run_cli("fit-solver", run, *FIT, *steps, "--out", killed, "--resume", check=0)
+    for part in ("model", "ema", "optim"):
+        a = load_file(str(ref / "ckpt" / "step_00000030" / f"{part}.safetensors"))
+        b = load_file(str(killed / "ckpt" / "step_00000030" / f"{part}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert [json.loads(x)["step"] for x in (killed / "log.jsonl").read_text().splitlines()] == list(range(1, 31))
+    p = run_cli("fit-solver", run, *FIT, *steps, "--out", killed)  # finished fit, no --resume: refused
+    assert_one_line_error(p, "--resume")
+
+
+# ---- bad input: one line, exit 2, nothing written -----------------------------------------------------------
+def test_bad_input(fitted, tmp_path):
+    run, samples = fitted
+    out = tmp_path / "x.npz"
+
+    def refused(args, *needles):
+        assert_one_line_error(run_cli(*args, "--out", out), *needles)
+        assert not out.exists() and not out.with_suffix(".png").exists()
+
+    refused(["sample", run, "--solver", "ba", "--nfe", "1", "--n", "4"], "at least 2 NFE")
+    refused(["edit", run, "--images", samples, "--solver", "ba", "--nfe", "1"], "at least 2 NFE")
+    refused(["edit", run, "--images", samples, "--to-class", "10"], "--to-class 10", "0..9")
+    refused(["edit", run, "--images", samples, "--to-class", "-1"], "not a class")
+    refused(["edit", run, "--images", samples, "--solver", "dpmpp2m", "--nfe", "6"], "dpmpp2m", "cannot")
+    with np.load(samples) as f:
+        images, labels = f["images"], f["labels"]
+    bad = {"shape": dict(images=images[:, :20], labels=labels), "range": dict(images=images / 100.0, labels=labels),
+           "dtype": dict(images=images.astype(bool), labels=labels), "labels": dict(images=images, labels=labels + 10)}
+    for what, arrays in bad.items():
+        f = tmp_path / f"{what}.npz"
+        np.savez(f, **arrays)
+        refused(["edit", run, "--images", f], str(f), {"shape": "shape", "range": "outside [0.0, 1.0]",
+                                                       "dtype": "dtype", "labels": "0..9"}[what])
+    refused(["edit", run, "--images", tmp_path / "missing.npz"], "does not exist")
+
+
+def test_ba_refused_without_a_fit_or_with_other_weights(tmp_path):
+    run = tiny_run(tmp_path, "fmnist-base-xs")
+    out = tmp_path / "x.npz"
+    p = run_cli("sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--out", out)
+    assert_one_line_error(p, "no fitted SideNet", "fit-solver")
+    run_cli("fit-solver", run, *FIT, "--steps", "2", check=0)
+    args = [a if a != "fmnist-base-xs" else "fmnist-base-xs" for a in TINY]
+    run_cli("train", *args, "--steps", "32", "--out", run, "--resume", check=0)  # new backbone weights
+    for cmd in (["sample", run, "--solver", "ba1", "--nfe", "5", "--n", "4"],
+                ["sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--raw"]):
+        assert_one_line_error(run_cli(*cmd, "--out", out), "fitted to other backbone weights")
+    assert not out.exists()
+    run_cli("sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--out", out, "--step", "30", check=0)

@@ -55,9 +55,12 @@ class Phase:
 
 
 def record_phases(method, model, y: torch.Tensor, *, nfe: int | None = None, cfg_scale: float | None = None,
-                  cfg_interval=None, shift: float | None = None) -> list[Phase]:
-    """The phases ``method.sample(model, y, ...)`` would integrate (no backbone call is made)."""
-    from progflow.solvers import SolverSpec
+                  cfg_interval=None, shift: float | None = None, solver=None) -> list[Phase]:
+    """The phases ``method.sample(model, y, ...)`` would integrate with ``solver`` (its NFE
+    rule sets the grids; default Euler's, one NFE per interval); no backbone call is made."""
+    import dataclasses
+
+    from progflow.solvers import get_solver
 
     phases: list[Phase] = []
 
@@ -65,7 +68,7 @@ def record_phases(method, model, y: torch.Tensor, *, nfe: int | None = None, cfg
         phases.append(Phase(velocity, x, grid))
         return x, 0
 
-    spec = SolverSpec("record", integrate, nfe=lambda n: n)
+    spec = dataclasses.replace(get_solver(solver or "euler"), name="record", integrate=integrate, bind=None)
     method.sample(model, y, generator=torch.Generator().manual_seed(0), nfe=nfe, cfg_scale=cfg_scale,
                   cfg_interval=cfg_interval, solver=spec, shift=shift)
     return phases
