@@ -39,13 +39,15 @@ def quality_table() -> str:
     r = json.loads(f.read_text())
     s = r["settings"]
     scales = s["cfg_scales"]
-    lines = [f"**Base vs DFM at equal training compute** (`{r['command']}`, {r['date']}): model size `{s['size']}`, "
-             f"{s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} class-balanced samples at "
-             f"{s['nfe']} NFE (DFM: 30 + 10 for 2 stages), EMA weights; mean ± std over seeds where 2 seeds ran.", "",
+    lines = [f"**Base vs DFM vs FlowAR at equal training compute** (`{r['command']}`, {r['date']}): model size "
+             f"`{s['size']}`, {s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} "
+             f"class-balanced samples at {s['nfe']} NFE (DFM: 30 + 10 for 2 stages; FlowAR: {s['nfe']} flow-head "
+             f"evaluations, split evenly over its scales, plus one cached AR pass per scale), EMA weights; "
+             "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1.", "",
              "| arm | seeds | " + " | ".join(f"FD cfg {w}" for w in scales) + " | "
              + " | ".join(f"FD / base, cfg {w}" for w in scales) + f" | class acc. cfg {scales[0]} | "
-             "coarse-band FD cfg 1 | fine-band RMS / real | train img/s | train min |",
-             "|---" * (7 + 2 * len(scales)) + "|"]
+             "coarse-band FD cfg 1 | fine-band RMS / real | train img/s | train min | sample img/s |",
+             "|---" * (8 + 2 * len(scales)) + "|"]
     minutes = {}
     for run in r["runs"]:
         minutes.setdefault(run["arm"], []).append(run["train_wall_s"] / 60)
@@ -55,8 +57,24 @@ def quality_table() -> str:
         ratios = " | ".join(f"{row.get(f'fd_ratio_to_base_cfg{w}', float('nan')):.2f}" for w in scales)
         bands = " | ".join(f"{row[k]:.{d}f}" if k in row else "-"
                            for k, d in (("fd_coarse_cfg1.0", 2), ("fine_rms_ratio_cfg1.0", 3)))
+        ips = row.get("sample_images_per_s_cfg1.0")
         lines.append(f"| {arm} | {len(row['seeds'])} | {fds} | {ratios} | {row[f'class_acc_cfg{scales[0]}']:.3f} | "
-                     f"{bands} | {row['train_images_per_s']:.0f} | {sum(minutes[arm]) / len(minutes[arm]):.1f} |")
+                     f"{bands} | {row['train_images_per_s']:.0f} | {sum(minutes[arm]) / len(minutes[arm]):.1f} | "
+                     f"{'-' if ips is None else f'{ips:.1f}'} |")
+    kept = [f"{run['arm']} seed {run['seed']}" for run in r["runs"] if run.get("collected_from")]
+    if kept:
+        sources = sorted({run["collected_from"] for run in r["runs"] if run.get("collected_from")})
+        lines += ["", f"Runs whose run directories were not on the collecting machine, kept from the earlier result "
+                  f"({'; '.join(sources)}): {', '.join(kept)}. Their img/s columns were measured then."]
+    costs = {arm: row["sample_cost"] for arm, row in r["summary"].items() if "sample_cost" in row}
+    if costs:
+        def cost(arm, c):
+            calls = " + ".join(f"{n} {part}" for part, n in c.get("calls", {}).items()) or f"{c['nfe']} NFE"
+            return f"{arm} {c['gflop']:.3f} ({calls})"
+
+        lines += ["", "Sampling cost per image, counted FLOPs at cfg 1 (guidance doubles every arm alike), GFLOP: "
+                  + "; ".join(cost(a, costs[a]) for a in ("base", "dfm2", "flowar", "flowar-2scales") if a in costs)
+                  + "."]
     st = r.get("step_time")
     if st:
         lines += ["", "Training step time relative to base, measured in the collecting run with the CPU to itself "
@@ -64,8 +82,9 @@ def quality_table() -> str:
                   + ", ".join(f"{k} {v:.3f}" for k, v in st["ratio_to_base"].items()) + "."]
     variants = [(run["arm"], k, v) for run in r["runs"] for k, v in run.get("sampling_variants", {}).items()]
     if variants:
-        lines += ["", "DFM sampling ablations (same trained `dfm2` seed-0 model, cfg 1): "
-                  + "; ".join(f"{k}: FD {v['fd']:.2f}" for _, k, v in variants) + "."]
+        lines += ["", "Sampling ablations (the same trained seed-0 model of the arm, cfg 1): "
+                  + "; ".join(f"{arm} {k}: FD {v['fd']:.2f}" + (f" at {v['nfe']} NFE" if v["nfe"] != s["nfe"] else "")
+                              for arm, k, v in variants) + "."]
     for t in sorted(RESULTS.glob("step_time_*.json")):
         if t.stem.endswith("_tiny"):
             continue

@@ -1,6 +1,7 @@
 """Benchmarks and the demo run end to end on a tiny budget (their numbers are not tested)."""
 
 import json
+import shutil
 
 from conftest import assert_one_line_error, cli_env, run_cli
 
@@ -30,15 +31,19 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
 
     run_cli(*args, env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
-    assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3"}
+    assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3", "flowar"}
     # the finished dfm3 run is collected, not trained or scored again
     assert dfm3_log.read_text() == before
     assert [x for x in r["runs"] if x["arm"] == "dfm3"][0] == part["runs"][0]
     for run in r["runs"]:
         assert [c["step"] for c in run["curve"]] == [2, 4]
         assert all(f["nfe"] == 4 and f["n"] == 20 for f in run["final"])
-    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3"}
+    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3", "flowar"}
     assert r["summary"]["base"]["fd_ratio_to_base_cfg1.0"] == 1.0
+    assert all(row["sample_images_per_s_cfg1.0"] > 0 for row in r["summary"].values())
+    # FlowAR's sampling cost: 4 head evaluations (1 per scale) and 4 cached AR passes per image
+    assert r["summary"]["flowar"]["sample_cost"]["calls"] == {"AR transformer": 4, "flow head": 4}
+    assert r["summary"]["flowar"]["sample_cost"]["gflop"] < r["summary"]["base"]["sample_cost"]["gflop"]
     assert (tmp_path / "quality_tiny.png").stat().st_size > 1000
 
     assert_one_line_error(run_cli(*args, "--arms", "dfm9", env=env), "unknown --arms ['dfm9']")
@@ -65,6 +70,16 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert r["summary"]["dfm3"]["seeds"] == [0, 1] and dfm3_log.read_text() == before
     assert (dfm3_log.parent.with_name("dfm3-seed1") / "bench_result.json").exists()
+
+    # runs recorded in the result file whose directories are gone (made on another machine)
+    # are kept from the file, marked, and not trained again
+    for seed in (0, 1):
+        shutil.rmtree(dfm3_log.parent.with_name(f"dfm3-seed{seed}"))
+    run_cli(*args, "--seeds", "0", "1", env=env, check=0, timeout=600)
+    again = json.loads((tmp_path / "quality_tiny.json").read_text())
+    kept = [x for x in again["runs"] if x["arm"] == "dfm3"]
+    assert [x["seed"] for x in kept] == [0, 1] and all("quality_tiny.json" in x["collected_from"] for x in kept)
+    assert not dfm3_log.parent.exists()
 
 
 def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):

@@ -1,18 +1,22 @@
-"""``progflow bench quality``: base flow matching vs DFM (2 and 3 stages) at equal training
-compute on Fashion-MNIST 32px: same width, depth, token count, batch, steps and lr.
+"""``progflow bench quality``: base flow matching vs DFM (2 and 3 stages) vs FlowAR at
+equal training compute on Fashion-MNIST 32px: same batch, steps and lr; base and DFM the
+same width, depth and token count, FlowAR the same training FLOPs per image.
 
 For every arm and seed: train, score the EMA weights at every checkpoint (FD-vs-step
 curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` samples at
-40 NFE for each guidance scale. Base and 2-stage DFM train every seed; the other arms
-(3 stages, the DFM ablations) train the first seed, and further seeds only when named in
-``--arms``.
-Also an interleaved step-time measurement of base and DFM at the same batch.
-Results go to ``benchmarks/results/quality[_tiny].json`` and an FD-vs-step plot.
+40 NFE for each guidance scale (FlowAR: 40 flow-head evaluations, 10 per scale). Base,
+2-stage DFM and FlowAR train every seed; the other arms (3 stages, the ablations) the
+first seed, and further seeds only when named in ``--arms``. Also an interleaved
+step-time measurement of the main arms at the same batch, and the counted FLOPs of
+sampling one image per arm. Results go to ``benchmarks/results/quality[_tiny].json`` and
+an FD-vs-step plot.
 
 Each finished run keeps its scores in ``<run>/bench_result.json`` (with the settings
 they were made with), so an interrupted benchmark picks up where it stopped and
 ``--arms`` can split the work over processes (e.g. two 1-thread processes on two cores);
 a final call without ``--arms`` then collects every run and measures the step time alone.
+Runs recorded in an earlier result file with the same settings whose run directories are
+absent are kept from that file (marked ``collected_from``), not dropped or retrained.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ARMS = {
     "base": ("fmnist-base-{size}", {}),
     "dfm2": ("fmnist-dfm-{size}", {}),
     "dfm3": ("fmnist-dfm3-{size}", {}),
+    "flowar": ("fmnist-flowar-{size}", {}),
 }
 # 2-stage DFM with one thing changed (the defaults: p_q [0.9, 0.1], earlier stages at
 # logit-normal(1.5, 1), Laplacian pyramid, no standardisation)
@@ -46,15 +51,22 @@ TRAIN_ABLATIONS = {
     "dfm2-std-pq0.3": ("fmnist-dfm-{size}", {"method.standardize": True, "method.stage_probs": [0.3, 0.7]}),
     "dfm2-tied": ("fmnist-dfm-{size}", {"method.tied_times": True}),
     "dfm2-haar": ("fmnist-dfm-{size}", {"method.decomposition": "haar", "model.stage_patches": [2, 2]}),
+    # FlowAR with one thing changed (defaults: spatial adaLN, scales 1, 2, 4, 8)
+    "flowar-adaln": ("fmnist-flowar-{size}", {"model.spatial_adaln": False}),
+    "flowar-2scales": ("fmnist-flowar-{size}", {"method.scales": [2, 8]}),
 }
-# sampling-only variants of the trained 2-stage model (default: tau 0.7, 30 + 10 steps)
+# sampling-only variants of an arm's first-seed model: config overrides, "nfe" replaces the
+# benchmark's NFE (DFM default: tau 0.7, 30 + 10 steps; FlowAR: 10 head steps per scale)
 SAMPLE_ABLATIONS = {
-    "tau0.5": {"method.thresholds": [0.5]},
-    "tau0.9": {"method.thresholds": [0.9]},
-    "steps20+20": {"method.stage_steps": [20, 20]},
+    "dfm2": {
+        "tau0.5": {"method.thresholds": [0.5]},
+        "tau0.9": {"method.thresholds": [0.9]},
+        "steps20+20": {"method.stage_steps": [20, 20]},
+    },
+    "flowar": {"steps25": {"nfe": 100}},  # 25 head steps per scale, as in the paper
 }
 FINAL_SEED = 200  # sampling seed of the final scores (the curve uses 100)
-SEED_ARMS = ("base", "dfm2")  # arms trained with every seed; others with the first seed only
+SEED_ARMS = ("base", "dfm2", "flowar")  # arms trained with every seed; others with the first seed only
 
 
 def _settings(args) -> dict:
@@ -200,8 +212,10 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
         print(f"  {name} seed {cfg.seed} final cfg {f['cfg']}: FD {f['fd']:.2f} acc {f['class_accuracy']:.3f}", flush=True)
     variants = {}
     for vname, over in sample_variants.items():
-        vcfg = cfg_r.with_overrides(over)
-        variants[vname] = _score(vcfg, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=1.0,
+        over = dict(over)
+        nfe = over.pop("nfe", s["nfe"])
+        vcfg = cfg_r.with_overrides(over) if over else cfg_r
+        variants[vname] = _score(vcfg, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=nfe, cfg_scale=1.0,
                                  **_sampler(s))
         print(f"  {name} sampling variant {vname}: FD {variants[vname]['fd']:.2f}", flush=True)
     return {"arm": name, "seed": cfg.seed, "preset": cfg.preset, "method": cfg.to_dict()["method"],
@@ -244,6 +258,9 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
             row[f"fd_cfg{w}"] = {"mean": statistics.mean(fds), "std": statistics.stdev(fds) if len(fds) > 1 else 0.0,
                                  "values": fds}
             row[f"class_acc_cfg{w}"] = statistics.mean(accs)
+        timed = [f["n"] / f["sample_s"] for r in rs for f in r["final"] if f["cfg"] == 1.0 and f.get("sample_s")]
+        if timed:  # the timed final sampling at cfg 1 (one process per core while the arms ran)
+            row["sample_images_per_s_cfg1.0"] = statistics.mean(timed)
         for band in ("fd_coarse", "fine_rms_ratio"):  # cfg 1 only
             vals = [f.get(band) for r in rs for f in r["final"] if f["cfg"] == 1.0]
             if vals and None not in vals:
@@ -269,9 +286,9 @@ def _plot(runs: list[dict], path: Path) -> None:
     ablations = [a for a in arms if a not in ARMS]
     fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(13 if ablations else 6, 4.5), squeeze=False)
     first_seed = min(r["seed"] for r in runs)
-    panels = [("base vs DFM", [a for a in arms if a in ARMS])]
+    panels = [("base, DFM, FlowAR", [a for a in arms if a in ARMS])]
     if ablations:
-        panels.append((f"DFM ablations (seed {first_seed})", ["base", "dfm2", *ablations]))
+        panels.append((f"ablations (seed {first_seed})", ["base", "dfm2", "flowar", *ablations]))
     cmap = plt.get_cmap("tab20")  # its dark shades first, then the light ones: 20 distinct colours
     palette = [cmap(2 * k + light) for light in (0, 1) for k in range(10)]
     colors = {a: palette[i % 20] for i, a in enumerate([*ARMS, *ablations])}
@@ -322,6 +339,33 @@ def _check_sampler(jobs, s: dict, tiny: bool) -> None:
             raise ConfigError(f"arm {arm}: {str(e).replace('solver record', 'solver ' + s['solver'])}") from None
 
 
+_SETTING_DEFAULTS = {"solver": "euler", "shift": 1.0}  # settings added since earlier results were written
+
+
+def _earlier_runs(out: Path, s: dict) -> dict:
+    """Runs recorded in an earlier ``out`` made with the same settings (seeds aside), by
+    ``(arm, seed)``: the collecting step keeps those whose run directory is not on this
+    machine instead of dropping (or retraining) them. Each is marked ``collected_from``."""
+    if not out.exists():
+        return {}
+    prev = json.loads(out.read_text())
+    ps = {**_SETTING_DEFAULTS, **prev.get("settings", {})}
+    if any(ps.get(k) != v for k, v in s.items() if k != "seeds"):
+        return {}
+    source = f"{out} of {prev.get('date', '?')}"
+    return {(r["arm"], r["seed"]): {**r, "collected_from": r.get("collected_from", source)} for r in prev["runs"]}
+
+
+def _sample_cost(cfg, s: dict) -> dict:
+    """GFLOP of sampling one image at the benchmark's NFE and the calls of each network part."""
+    from progflow.info import sampling_cost
+    from progflow.nn.dit import build_model
+
+    cost = sampling_cost(cfg, build_model(cfg).eval(), nfe=s["nfe"])
+    return {"nfe": cost["nfe"], "gflop": cost["flops"] / 1e9,
+            **({"calls": {k: v["calls"] for k, v in cost["parts"].items()}} if "parts" in cost else {})}
+
+
 def run_quality(args) -> Path:
     from progflow.eval import fmnist_test_images, get_extractor, reference_stats
 
@@ -346,12 +390,15 @@ def run_quality(args) -> Path:
     band_ref = fmnist_test_images(args.data_dir)[0]
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
+    earlier = _earlier_runs(out, s)
     runs, timing = {}, None
     for arm, pattern, over, seed, optional in jobs:
         cfg = _config(pattern, over, seed, s, tiny)
-        variants = SAMPLE_ABLATIONS if (arm == "dfm2" and seed == s["seeds"][0] and s["ablations"]) else {}
+        variants = SAMPLE_ABLATIONS.get(arm, {}) if (seed == s["seeds"][0] and s["ablations"]) else {}
         run = root / f"{arm}-seed{seed}"
-        if arm in chosen and not (optional and args.arms is None):
+        if not run.exists() and (arm, seed) in earlier:  # its run directory is not on this machine
+            runs[run] = earlier[arm, seed]
+        elif arm in chosen and not (optional and args.arms is None):
             print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
             runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants, band_ref)
         elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
@@ -362,9 +409,13 @@ def run_quality(args) -> Path:
         timing = step_time_ratio(s, tiny)
         print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
     done = [runs[r] for r in sorted(runs)]
-    write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
+    summary = _summary(done, s["cfg_scales"])
+    for arm, row in summary.items():  # counted FLOPs of sampling one image (cfg 1), as `progflow info`
+        if arm in (defined := {**ARMS, **TRAIN_ABLATIONS}):
+            row["sample_cost"] = _sample_cost(_config(*defined[arm], s["seeds"][0], s, tiny), s)
+    write_result({**header, "step_time": timing, "runs": done, "summary": summary}, out)
     plot = out.with_suffix(".png")
     _plot(done, plot)
-    print(json.dumps(_summary(done, s["cfg_scales"]), indent=1))
+    print(json.dumps(summary, indent=1))
     print(f"wrote {out} and {plot}")
     return out
