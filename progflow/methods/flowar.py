@@ -47,7 +47,7 @@ from progflow.methods.flow import FlowMatching
 from progflow.paths import interpolate, velocity_target
 from progflow.presets import PRESETS, register_preset
 from progflow.registry import register_method
-from progflow.representation import build_representation, downsample, upsample
+from progflow.representation import build_representation, downsample, map_from_tokens, tokens_from_map, upsample
 from progflow.schedules import phase_intervals, time_grid
 from progflow.solvers import get_solver
 
@@ -106,8 +106,6 @@ class _HeadAtScale:
         self.head, self.k, self.side, self.cond, self.num_classes = head, k, side, cond_BLD, num_classes
 
     def __call__(self, x_BChw, t_B, y_B):
-        from progflow.representation import map_from_tokens, tokens_from_map
-
         B = x_BChw.shape[0]
         v = self.head(tokens_from_map(x_BChw), t_B[:, None], self.cond[:B], (self.k,))
         return map_from_tokens(v, self.side)
