@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from progflow.checks import is_finite, shown, write_failure
 from progflow.errors import CheckpointError
 
 FORMAT = "progflow-checkpoint"
@@ -40,16 +41,26 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename. A failed write
+    (full disk, I/O error) is a WriteError naming ``path``; ``path`` is then unchanged and
+    the temporary file is gone."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, e) from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def check_safetensors(path: Path) -> None:
@@ -141,16 +152,25 @@ def save_checkpoint(ckpt_root: Path, step: int, tensors: dict[str, dict[str, tor
         return final
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, group in tensors.items():
-        _write_tensors(group, tmp / f"{name}.safetensors")
-    with open(tmp / "state.json", "w") as f:
-        json.dump({"format": FORMAT, "version": VERSION, "step": step, **state}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_path(tmp)
-    os.rename(tmp, final)
-    fsync_path(ckpt_root)
+    name = "state.json"
+    try:
+        tmp.mkdir()
+        for name, group in tensors.items():
+            name = f"{name}.safetensors"
+            _write_tensors(group, tmp / name)
+        name = "state.json"
+        with open(tmp / name, "w") as f:
+            json.dump({"format": FORMAT, "version": VERSION, "step": step, **state}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_path(tmp)
+        os.rename(tmp, final)
+        fsync_path(ckpt_root)
+    except (OSError, SafetensorError) as e:  # full disk, I/O error: the previous checkpoints stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(ckpt_root)
+        raise write_failure(final / name, e, f"the last good checkpoint is {kept[-1]}" if kept
+                            else "no checkpoint was kept") from None
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -192,6 +212,54 @@ def load_checkpoint(path: Path, parts=TENSOR_FILES) -> tuple[dict[str, dict[str,
         raise CheckpointError(f"{path} is not a checkpoint folder")
     state = read_state(path)
     return {p: read_tensors(path / f"{p}.safetensors") for p in parts}, state
+
+
+def check_state(state: dict, path: Path) -> None:
+    """The JSON half of a checkpoint a run continues from: the step (matching the folder),
+    the optimizer entry and the RNG state. A broken piece is a CheckpointError naming it."""
+    path = Path(path)
+    f = path / "state.json"
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{f} is corrupt: step must be a non-negative integer, got {shown(step)}")
+    if path.name.startswith("step_") and path.name != step_dir(path.parent, step).name:
+        raise CheckpointError(f"{f} is corrupt: step {step} in the folder {path.name}")
+    opt = state.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in opt["param_groups"]) and isinstance(opt.get("scalars", {}), dict)):
+        raise CheckpointError(f"{f} is corrupt: its optimizer entry is missing or malformed")
+    try:
+        rng = decode_rng(state["rng"]["torch_cpu"])
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        raise CheckpointError(f"{f} is corrupt: its rng entry is missing or not base64") from None
+    if rng.numel() != torch.get_rng_state().numel():
+        raise CheckpointError(f"{f} is corrupt: its rng state has {rng.numel()} bytes, torch's has "
+                              f"{torch.get_rng_state().numel()}")
+
+
+def load_optimizer_checked(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                           source: Path) -> None:
+    """Load a flattened optimizer state (``optim.safetensors`` + the state.json entry) into
+    ``opt``, refusing one that does not fit its parameters or holds non-finite settings."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    where = f"{source}/optim.safetensors (with the optimizer entry of state.json)"
+    try:
+        sd = unflatten_optimizer(tensors, meta)
+        if not set(sd["state"]) <= set(range(len(params))):
+            raise ValueError("state for parameters the model does not have")
+        for g in sd["param_groups"]:
+            for k, v in g.items():
+                if k != "params" and not (isinstance(v, (str, bool)) or v is None
+                                          or all(is_finite(x) for x in (v if isinstance(v, (list, tuple)) else [v]))):
+                    raise ValueError(f"param group setting {k} is {shown(v)}")
+        opt.load_state_dict(sd)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{where} does not fit the model: {shown(str(e), 100)}") from None
+    for i, p in enumerate(params):
+        for k, v in opt.state.get(p, {}).items():
+            if torch.is_tensor(v) and v.ndim and v.shape != p.shape:
+                raise CheckpointError(f"{where}: {k} of parameter {i} has shape {tuple(v.shape)}, the parameter "
+                                      f"{tuple(p.shape)}")
 
 
 def load_state_dict_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -43,12 +43,14 @@ def _config_from_args(args) -> TrainConfig:
             base = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
         except FileNotFoundError:
             raise ProgflowError(f"config file {args.config} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ProgflowError(f"config file {args.config} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    elif args.resume and not args.preset and (Path(args.out) / "config.json").exists():
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ProgflowError(f"config file {args.config} is not valid JSON ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise ProgflowError(f"config file {args.config} cannot be read ({e.strerror})") from None
+    elif args.resume and not args.preset and (_train_out(args) / "config.json").exists():
         from progflow.train import load_run_config
 
-        base = load_run_config(Path(args.out))
+        base = load_run_config(_train_out(args))
     else:
         base = preset_config(args.preset or "fmnist-base-s")
     overrides = dict(parse_override(s) for s in args.set or [])
@@ -59,12 +61,27 @@ def _config_from_args(args) -> TrainConfig:
     return base.with_overrides(overrides) if overrides else base
 
 
+def _train_out(args) -> Path:
+    return Path(args.out or f"runs/{args.preset or 'fmnist-base-s'}")
+
+
+def _require_run(out: Path, what: str) -> None:
+    """``--resume`` continues a run: in a folder without one it says so instead of starting."""
+    from progflow.train import holds_run
+
+    if not holds_run(out):
+        raise ProgflowError(f"--resume: {out} holds no {what} to continue (no config.json, log or checkpoint); "
+                            "drop --resume to start one")
+
+
 def cmd_train(args) -> None:
     from progflow.train import train
 
+    if args.resume:
+        _require_run(_train_out(args), "run")
     cfg = _config_from_args(args)
-    out = Path(args.out or f"runs/{cfg.preset or 'run'}")
-    last = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    out = _train_out(args) if args.resume else Path(args.out or f"runs/{cfg.preset or 'run'}")
+    last = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the main process reports
         print(json.dumps({"run": str(out), "checkpoint": str(last)}))
 
@@ -81,8 +98,11 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from progflow.eval import evaluate_npz, get_extractor
+    from progflow.checks import check_count
+    from progflow.eval import evaluate_npz, get_extractor, load_samples
 
+    load_samples(args.file)  # the samples first: a bad file is found before the classifier is loaded or built
+    check_count(args.classifier_seed, "--classifier-seed", minimum=0)
     extractor = get_extractor(args.features, data_dir=args.data_dir, seed=args.classifier_seed)
     print(json.dumps(evaluate_npz(args.file, extractor=extractor, data_dir=args.data_dir), indent=2))
 
@@ -126,6 +146,10 @@ def cmd_info(args) -> None:
 def cmd_fit_solver(args) -> None:
     from progflow.fit_solver import fit_config_from_args, fit_solver
 
+    if args.resume:
+        from progflow.solvers.ba import SOLVER_DIR
+
+        _require_run(Path(args.out) if args.out else Path(args.run_dir) / SOLVER_DIR, "solver fit")
     last = fit_solver(args.run_dir, fit_config_from_args(args), out=args.out, resume=args.resume,
                       progress=not args.no_progress)
     print(json.dumps({"run": args.run_dir, "solver_checkpoint": str(last)}))
@@ -162,8 +186,15 @@ def cmd_demo(args) -> None:
              data_dir=args.data_dir)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other bad input (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="progflow", description="Progressive flow-matching generation: train, sample, "
+    p = _Parser(prog="progflow", description="Progressive flow-matching generation: train, sample, "
                                 "score and benchmark flow-matching models (base, DFM) on images and video.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -173,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a TrainConfig JSON file (e.g. a run's config.json) instead of a preset")
     t.add_argument("--out", help="run directory (default runs/PRESET)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its last checkpoint left off")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config, log, "
+                   "checkpoints and grids); without it such a run is refused")
     t.add_argument("--data-dir", help="dataset folder (default $PROGFLOW_DATA or /usr/share/datasets/fashion-mnist)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (YAML value)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -287,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as e:  # a write or read the checks could not foresee (disk full, I/O error): one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"progflow: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("progflow: interrupted", file=sys.stderr)
         return 130

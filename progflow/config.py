@@ -13,14 +13,16 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import yaml
 
+from progflow.checks import check_device_name, is_finite, is_number, shown
 from progflow.errors import ConfigError
 
 DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
@@ -42,8 +44,59 @@ def _check_choice(value, name: str, options) -> None:
 def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
     for n in names:
         v = getattr(obj, n)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
-            raise ConfigError(f"{n} must be {'non-negative' if allow_zero else 'positive'}; got {v!r}")
+        if is_number(v) and not is_finite(v):
+            raise ConfigError(f"{n} must be a finite number; got {v!r}")
+        if not is_number(v) or v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{n} must be {'non-negative' if allow_zero else 'positive'}; got {shown(v)}")
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _plural(desc: str) -> str:
+    """ "a finite number" -> "finite numbers" """
+    return desc.split(" ", 1)[1] + "s" if desc.startswith(("a ", "an ")) else desc
+
+
+def _problem(v, tp) -> str | None:
+    """What ``v`` should be to have the annotated type ``tp`` (None: it has it)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        return None if isinstance(v, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else "an integer"
+    if tp is float:
+        return None if is_finite(v) else "a finite number"
+    if tp is str:
+        return None if isinstance(v, str) else "a string"
+    if origin is Literal:
+        return None if isinstance(v, str) and v in args else f"one of {', '.join(map(str, args))}"
+    if origin in (typing.Union, types.UnionType):
+        problems = [_problem(v, a) for a in args if a is not type(None)]
+        return None if v is None and type(None) in args or None in problems else " or ".join(problems)
+    if origin is tuple:
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        want = f"a list of {'' if variadic else f'{len(args)} '}{_plural(_problem(None, args[0]))}"
+        if not isinstance(v, (tuple, list)):
+            return want
+        items = args[:1] * len(v) if variadic else args
+        return want if len(v) != len(items) or any(_problem(x, a) for x, a in zip(v, items)) else None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return None if isinstance(v, tp) else f"a {tp.__name__}"
+    return None
+
+
+def check_fields(obj, prefix: str = "") -> None:
+    """Every field of the dataclass ``obj`` holds its annotated type, floats finite
+    (``float`` fields take ints too); anything else is a ConfigError naming the field."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        problem = _problem(v, hints[f.name])
+        if problem:
+            raise ConfigError(f"{prefix}{f.name} must be {problem}; got {shown(v)}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +110,7 @@ class DataConfig:
     num_classes: int = 10
 
     def __post_init__(self):
+        check_fields(self, "data.")
         _check_choice(self.dataset, "data.dataset", typing.get_args(DatasetKind))
         _check_positive(self, "image_size", "channels", "num_classes")
         _check_positive(self, "frames", "n", allow_zero=True)
@@ -94,6 +148,7 @@ class ModelConfig:
     def __post_init__(self):
         from progflow.registry import arch_entry
 
+        check_fields(self, "model.")
         _check_registered(self, "model.arch", arch_entry(self.arch))
         _check_choice(self.size, "model.size", tuple(MODEL_SIZES))
         w, d, h = MODEL_SIZES[self.size]
@@ -125,6 +180,7 @@ class MethodConfig:
     def __post_init__(self):
         from progflow.registry import method_entry
 
+        check_fields(self, "method.")
         _check_registered(self, "method.name", method_entry(self.name))
         _check_choice(self.time_sampler, "method.time_sampler", ("uniform", "logit-normal"))
         if not 0.0 <= self.label_dropout < 1.0:
@@ -163,6 +219,8 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device", "preset")
 
     def __post_init__(self):
+        check_fields(self)
+        check_device_name(self.device)
         _check_positive(self, "steps", "batch_size", "lr", "log_every", "ckpt_every", "keep_last")
         _check_positive(self, "warmup", "weight_decay", "grad_clip", "sample_every", "seed", allow_zero=True)
         if not 0.0 <= self.ema_decay < 1.0:
@@ -262,12 +320,23 @@ def _listify(v):
 def _coerce(v, f, prefix):
     """Light type coercion for values from the command line or JSON (ints for floats etc.)."""
     t = f.type if isinstance(f.type, str) else str(f.type)
-    if t == "float" and isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
-    if t in ("int", "float", "bool") and isinstance(v, str):
-        raise ConfigError(f"{prefix}{f.name} must be a {t}; got {v!r}")
+    if t == "float":
+        return _int_to_float(v, prefix + f.name)
+    if t in ("int", "bool") and isinstance(v, str):
+        want = "an integer" if t == "int" else "true or false"
+        raise ConfigError(f"{prefix}{f.name} must be {want}; got {shown(v)}")
     if t.startswith("tuple[float") and isinstance(v, tuple):
-        return tuple(float(x) for x in v)
+        return tuple(_int_to_float(x, prefix + f.name) for x in v)
+    return v
+
+
+def _int_to_float(v, name: str):
+    """Ints become floats (a JSON ``1`` for ``1.0``); anything else is left for check_fields."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ConfigError(f"{name} must be a finite number; got an integer of {v.bit_length()} bits") from None
     return v
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from progflow.checks import check_out_file, check_run_dir, check_sampling_args
 from progflow.data import center_crop, output_crop, save_grid_png, to_model_range, to_uint8
-from progflow.errors import ConfigError, DataError, ProgflowError
+from progflow.errors import ConfigError, DataError
 from progflow.methods import build_method
 from progflow.solvers import get_solver
 from progflow.solvers.phases import from_state, integrate_phases, record_phases, to_state
@@ -127,13 +128,13 @@ def edit_run(run_dir: str | Path, *, images: str | Path, to_class: int | None = 
     class, the round trip); writes ``out`` (default ``RUN/edit.npz``) and a PNG of pairs."""
     from progflow.sampling import atomic_savez, load_run, to_nhwc
 
+    check_sampling_args(nfe=nfe, cfg_scale=cfg_scale, shift=shift, batch_size=batch_size, step=step)
+    check_run_dir(run_dir)
+    out = check_out_file(out or Path(run_dir) / "edit.npz", suffix=".npz")
     cfg, model, path = load_run(run_dir, step=step, device=device)
     x, labels = read_images(images, cfg)
     if to_class is not None:
         check_class(to_class, cfg)
-    out = Path(out) if out else Path(run_dir) / "edit.npz"
-    if out.suffix != ".npz":
-        raise ProgflowError(f"--out must end in .npz; got {out}")
     spec = inversion_solver(solver, run_dir, model, nfe, cfg)
     method = build_method(cfg)
     crop = output_crop(cfg.data.dataset)

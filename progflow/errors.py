@@ -24,3 +24,11 @@ class CheckpointError(ProgflowError):
 
 class TrainingDiverged(ProgflowError):
     """The loss became NaN or infinite; training stopped."""
+
+
+class WriteError(ProgflowError):
+    """An output that cannot be written: an unwritable path, a full disk, an I/O error."""
+
+
+class RunLocked(ProgflowError):
+    """Another process is writing into the run directory (it holds the run's lock)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ from pathlib import Path
 import torch
 
 from progflow import checkpoint as ckpt
-from progflow.config import _check_positive, parse_override
+from progflow.checks import check_out_dir, check_run_dir
+from progflow.config import _check_positive, check_fields, parse_override
 from progflow.data import load_dataset, to_model_range
 from progflow.errors import CheckpointError, ConfigError
 from progflow.methods import build_method
@@ -46,9 +48,10 @@ from progflow.nn.dit import count_parameters
 from progflow.nn.sidenet import SideNetConfig, build_sidenet
 from progflow.paths import expand_time
 from progflow.rng import BatchRandom, derive_seed
+from progflow.runlock import run_lock
 from progflow.solvers.ba import ALPHA, SOLVER_DIR, WEIGHTS, weights_hash
 from progflow.solvers.phases import Phase, path_state, record_phases, to_state
-from progflow.train import BatchOrder, resume_point, training_loop
+from progflow.train import BatchOrder, check_resumable, resume_point, training_loop
 
 FIT_STREAM = 11  # random stream of solver fitting, apart from the backbone's training draws
 
@@ -80,6 +83,7 @@ class FitConfig:
     RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "keep_last", "device")
 
     def __post_init__(self):
+        check_fields(self)
         _check_positive(self, "steps", "batch_size", "chain", "offset_scale", "offset_max", "lr", "log_every",
                         "ckpt_every", "keep_last")
         _check_positive(self, "nfe", "warmup", "weight_decay", "grad_clip", "seed", allow_zero=True)
@@ -270,14 +274,23 @@ def check_resume(saved: FitConfig, wanted: FitConfig, solver_dir: Path) -> FitCo
 def fit_solver(run_dir: str | Path, fit: FitConfig | None = None, *, out: str | Path | None = None,
                resume: bool = False, progress: bool = True) -> Path:
     """Fit a SideNet to the EMA backbone of ``run_dir`` into ``out`` (default ``RUN/solver``);
-    returns the last checkpoint folder."""
+    returns the last checkpoint folder. Holds the writer lock of the run (of ``out`` when it
+    lies outside the run) throughout."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / SOLVER_DIR
+    check_run_dir(run_dir)
+    check_out_dir(out)
+    inside = os.path.realpath(out).startswith(os.path.realpath(run_dir) + os.sep)
+    with run_lock(run_dir if inside else out):
+        return _fit_solver(run_dir, fit, out=out, resume=resume, progress=progress)
+
+
+def _fit_solver(run_dir: Path, fit: FitConfig | None, *, out: Path, resume: bool, progress: bool) -> Path:
     from progflow.sampling import load_run
 
     fit = fit or FitConfig()
-    run_dir = Path(run_dir)
     cfg, backbone, backbone_ckpt = load_run(run_dir, device=fit.device)
     backbone.requires_grad_(False)
-    out = Path(out) if out else run_dir / SOLVER_DIR
     ckpt_root = out / "ckpt"
     existing, tensors, state_in = resume_point(ckpt_root, resume, out)
     backbone_hash = weights_hash(backbone)
@@ -287,7 +300,7 @@ def fit_solver(run_dir: str | Path, fit: FitConfig | None = None, *, out: str | 
         try:
             saved = FitConfig.from_dict(json.loads((out / "config.json").read_text()))
             record = json.loads(record_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{out} is not a complete solver fit (config.json or solver.json missing)") from None
         fit = check_resume(saved, fit, out)
         if record.get("backbone_hash") != backbone_hash:
@@ -303,6 +316,8 @@ def fit_solver(run_dir: str | Path, fit: FitConfig | None = None, *, out: str | 
     shapes = state_shapes(phases)
     torch.manual_seed(derive_seed(fit.seed, 0))
     net = sidenet_for(fit, shapes, cfg.data.num_classes).to(fit.device)
+    if state_in is not None:  # the whole saved state, before anything is written
+        check_resumable(net, fit, (tensors, state_in), existing[-1], out / "log.jsonl")
     record = {"run": str(run_dir), "backbone_checkpoint": str(backbone_ckpt), "backbone_hash": backbone_hash,
               "stage_shapes": shapes, "num_classes": cfg.data.num_classes, "sidenet_params": count_parameters(net),
               "backbone_params": count_parameters(backbone),

@@ -54,10 +54,12 @@ def load_plugins() -> None:
 
 
 def _get(table: dict[str, Entry], name, what: str) -> Entry:
-    if name not in table:
+    if not isinstance(name, str) or name not in table:
         load_plugins()
-    if name not in table:
-        raise ConfigError(f"{what} must be one of {', '.join(sorted(table))}; got {name!r}")
+    if not isinstance(name, str) or name not in table:
+        from progflow.checks import shown
+
+        raise ConfigError(f"{what} must be one of {', '.join(sorted(table))}; got {shown(name)}")
     return table[name]
 
 

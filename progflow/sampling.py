@@ -8,7 +8,6 @@ cropped to the dataset's original content (28x28 for Fashion-MNIST), and class-b
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from progflow import checkpoint as ckpt
+from progflow.checks import check_device, check_out_dir, check_out_file, check_run_dir, check_sampling_args
 from progflow.config import TrainConfig
 from progflow.data import center_crop, output_crop, save_grid_png, save_video, to_uint8
 from progflow.errors import CheckpointError, ProgflowError
@@ -36,14 +36,23 @@ def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
 
 
 def load_run(run_dir: str | Path, *, step: int | None = None, ema: bool = True, device: str = "cpu"):
-    """``(cfg, model, checkpoint_folder)`` with the EMA (default) or raw weights, in eval mode."""
+    """``(cfg, model, checkpoint_folder)`` with the EMA (default) or raw weights, in eval mode.
+
+    A reader takes no lock: checkpoints appear whole (atomic rename), and one pruned by a
+    training process between listing and reading is replaced by the newer one."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ProgflowError(f"run directory {run_dir} does not exist")
+    check_device(device)
+    check_run_dir(run_dir)
     cfg = load_run_config(run_dir)
-    path = find_checkpoint(run_dir, step)
     part = "ema" if ema else "model"
-    tensors, _ = ckpt.load_checkpoint(path, parts=(part,))
+    for attempt in range(3):
+        path = find_checkpoint(run_dir, step)
+        try:
+            tensors, _ = ckpt.load_checkpoint(path, parts=(part,))
+            break
+        except CheckpointError:
+            if path.exists() or step is not None or attempt == 2:
+                raise
     model = build_model(cfg)
     ckpt.load_state_dict_checked(model, tensors[part], path / f"{part}.safetensors")
     return cfg, model.to(device).eval(), path
@@ -61,12 +70,7 @@ def to_nhwc(x_u8: torch.Tensor) -> np.ndarray:
 def atomic_savez(path: Path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    ckpt.atomic_write_bytes(path, buf.getvalue())
 
 
 @torch.no_grad()
@@ -109,12 +113,13 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     ``rtol`` / ``atol`` configure an adaptive solver (dopri5), which takes no ``nfe``."""
     from progflow.solvers import get_solver
 
-    if n <= 0:
-        raise ProgflowError(f"--n must be positive; got {n}")
+    check_sampling_args(n=n, nfe=nfe, cfg_scale=cfg_scale, cfg_interval=cfg_interval, shift=shift,
+                        batch_size=batch_size, seed=seed, step=step)
+    check_run_dir(run_dir)
+    out = check_out_file(out or Path(run_dir) / "samples.npz", suffix=".npz")
+    if previews:
+        check_out_dir(out.with_name(out.stem + "_previews"), "--previews folder")
     cfg, model, path = load_run(run_dir, step=step, ema=ema, device=device)
-    out = Path(out) if out else Path(run_dir) / "samples.npz"
-    if out.suffix != ".npz":
-        raise ProgflowError(f"--out must end in .npz; got {out}")
     spec = get_solver(solver or cfg.method.solver, rtol=rtol, atol=atol).for_run(run_dir, model)
     if spec.adaptive and nfe is not None:
         raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")

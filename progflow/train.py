@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,12 +26,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from progflow import checkpoint as ckpt
+from progflow.checks import check_device, check_out_dir, write_failure
 from progflow.config import TrainConfig
 from progflow.data import center_crop, load_dataset, save_grid_png, to_model_range, to_uint8
 from progflow.errors import CheckpointError, ProgflowError, TrainingDiverged
 from progflow.methods import build_method, method_class
 from progflow.nn.dit import build_model, count_parameters
 from progflow.rng import BatchRandom, derive_seed, generator
+from progflow.runlock import run_lock
 
 
 class Distributed:
@@ -118,12 +121,41 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         raise CheckpointError(f"{f} is corrupt (not JSON)") from None
 
 
+def _log_record(line: str):
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(rec, dict) and isinstance(rec.get("step"), int) and not isinstance(rec["step"], bool)
+    return rec if ok else None
+
+
+def read_log_lines(log_path: Path) -> list[tuple[int, str]]:
+    """``(step, line)`` for every record of a run's ``log.jsonl``. A half-written last line
+    (the process was killed or the disk filled mid-write) is dropped; any other line that is
+    not a JSON record with an integer step is a CheckpointError naming the file and line."""
+    if not log_path.exists():
+        return []
+    try:
+        lines = log_path.read_text().split("\n")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{log_path} is corrupt (not text)") from None
+    tail = lines.pop()  # "" when the file ends with a newline, else the unfinished last line
+    out = []
+    for i, line in enumerate(lines + ([tail] if _log_record(tail) else []), 1):
+        if line.strip():
+            rec = _log_record(line)
+            if rec is None:
+                raise CheckpointError(f"{log_path} is corrupt at line {i} (not a JSON record with a step)")
+            out.append((rec["step"], line))
+    return out
+
+
 def _trim_log(log_path: Path, step: int) -> None:
     """After a resume, drop log lines written after the checkpoint we resume from."""
     if log_path.exists():
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        ckpt.atomic_write_text(log_path, "".join(ln + "\n" for ln in keep))
+        keep = [line for s, line in read_log_lines(log_path) if s <= step]
+        ckpt.atomic_write_text(log_path, "".join(line + "\n" for line in keep))
 
 
 @torch.no_grad()
@@ -153,6 +185,32 @@ def resume_point(ckpt_root: Path, resume: bool, out: Path):
     return existing, None, None
 
 
+def restore_state(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, resumed,
+                  source: Path) -> None:
+    """Load a checkpoint's ``(tensors, state)`` into the model, its EMA, the optimizer and
+    torch's RNG; each piece is checked first and a broken one named (CheckpointError)."""
+    tensors, state = resumed
+    source = Path(source)
+    ckpt.check_state(state, source)
+    ckpt.load_state_dict_checked(model, tensors["model"], source / "model.safetensors")
+    ckpt.load_state_dict_checked(ema, tensors["ema"], source / "ema.safetensors")
+    ckpt.load_optimizer_checked(opt, tensors["optim"], state["optimizer"], source)
+    torch.set_rng_state(ckpt.decode_rng(state["rng"]["torch_cpu"]))
+
+
+def check_resumable(model: torch.nn.Module, hp, resumed, source: Path, log_path: Path) -> None:
+    """Everything a resume would load, loaded into copies, and the log read: a run whose
+    saved state is broken is refused before anything in it is written."""
+    rng = torch.get_rng_state()
+    try:
+        trial = copy.deepcopy(model)
+        opt = torch.optim.AdamW(trial.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        restore_state(trial, copy.deepcopy(trial), opt, resumed, source)
+    finally:
+        torch.set_rng_state(rng)
+    read_log_lines(log_path)
+
+
 def training_loop(hp, model: torch.nn.Module, objective, *, ckpt_root: Path, log_path: Path, resumed=(None, None),
                   last_saved: Path | None = None, extra_state=None, after_step=None, env: Distributed | None = None,
                   progress: bool = True, desc: str = "train") -> Path:
@@ -175,10 +233,7 @@ def training_loop(hp, model: torch.nn.Module, objective, *, ckpt_root: Path, log
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     if state_in is not None:
-        ckpt.load_state_dict_checked(model, tensors_in["model"], last_saved)
-        ckpt.load_state_dict_checked(ema, tensors_in["ema"], last_saved)
-        opt.load_state_dict(ckpt.unflatten_optimizer(tensors_in["optim"], state_in["optimizer"]))
-        torch.set_rng_state(ckpt.decode_rng(state_in["rng"]["torch_cpu"]))
+        restore_state(model, ema, opt, resumed, last_saved)
     if env.main:
         if state_in is not None:
             ckpt.clean_partial(ckpt_root)
@@ -230,8 +285,11 @@ def training_loop(hp, model: torch.nn.Module, objective, *, ckpt_root: Path, log
                        "images_per_s": window_n * hp.batch_size / max(dt, 1e-9), "time": time.time()}
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
                 if log:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                    try:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    except OSError as e:  # a full disk: one line, the checkpoints stay as they were
+                        raise write_failure(log_path, e, f"the last good checkpoint is {last_saved}") from None
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
             if done % hp.ckpt_every == 0 or done == hp.steps:
                 save(done)
@@ -240,36 +298,82 @@ def training_loop(hp, model: torch.nn.Module, objective, *, ckpt_root: Path, log
     finally:
         bar.close()
         if log:
-            log.close()
+            try:
+                log.close()
+            except OSError:  # the write that failed is reported above
+                pass
     if start >= hp.steps and last_saved is None:
         last_saved = save(start)
     return last_saved
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``cfg`` into the run directory ``out``; returns the last checkpoint folder."""
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds a run (or a solver fit): a config, a log or a checkpoint."""
     out = Path(out)
+    return any((out / f).exists() for f in ("config.json", "log.jsonl")) or bool(ckpt.list_checkpoints(out / "ckpt"))
+
+
+def _refuse_existing(out: Path, resume: bool, overwrite: bool) -> None:
+    if holds_run(out) and not (resume or overwrite):
+        raise ProgflowError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
+def clear_run(out: Path) -> None:
+    """``--overwrite``: remove the previous run's config, log, checkpoints and sample grids."""
+    for name in ("ckpt", "samples"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("config.json", "log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train ``cfg`` into the run directory ``out``; returns the last checkpoint folder.
+
+    ``resume`` continues the run in ``out`` (or starts one if there is none); without it a
+    run already in ``out`` is refused unless ``overwrite``, which replaces it. The device,
+    ``out`` and (on resume) the whole saved state are checked before anything is written,
+    and the run's writer lock (:mod:`progflow.runlock`) is held throughout."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ProgflowError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+    check_device(cfg.device, "device")
+    check_out_dir(out)
+    _refuse_existing(out, resume, overwrite)  # every process, before the others can write (torchrun)
     env = Distributed(cfg.device)
-    ckpt_root = out / "ckpt"
-    existing, tensors, state_in = resume_point(ckpt_root, resume, out)
+    with run_lock(out, enabled=env.main):
+        if env.main:
+            _refuse_existing(out, resume, overwrite)  # again under the lock: a run may have finished meanwhile
+        return _train(cfg, out, env, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overwrite: bool, progress: bool) -> Path:
+    ckpt_root, log_path = out / "ckpt", out / "log.jsonl"
+    existing, tensors, state_in = resume_point(ckpt_root, resume, out) if not overwrite else ([], None, None)
+    if state_in is not None:  # cheap checks first: the saved config, then the data
+        saved = load_run_config(out)
+        check_resume_config(saved, cfg, out)
+        cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
+        ckpt.check_state(state_in, existing[-1])
+        read_log_lines(log_path)
     data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
                         channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
     if tuple(data.images.shape[1:]) != cfg.data.shape:
         raise ProgflowError(f"dataset samples have shape {tuple(data.images.shape[1:])}, the config expects {cfg.data.shape}")
-    if state_in is not None:
-        saved = load_run_config(out)
-        check_resume_config(saved, cfg, out)
-        cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
-    else:
+    if state_in is None:
         cfg = method_class(cfg.method.name).prepare(cfg, data)
     if cfg.batch_size % env.world:
         raise ProgflowError(f"batch_size {cfg.batch_size} is not divisible by the world size {env.world}")
 
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg).to(cfg.device)
+    if state_in is not None:
+        check_resumable(model, cfg, (tensors, state_in), existing[-1], log_path)
     method = build_method(cfg)
     net = torch.nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
-    if env.main:
+    if env.main:  # the first write into the run
+        if overwrite:
+            clear_run(out)
         (out / "samples").mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(out / "config.json", cfg.to_json())
 
@@ -294,6 +398,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         if env.main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             save_sample_grid(method, ema, cfg, data.crop, out / "samples" / f"step_{done:08d}.png")
 
-    return training_loop(cfg, model, objective, ckpt_root=ckpt_root, log_path=out / "log.jsonl",
+    return training_loop(cfg, model, objective, ckpt_root=ckpt_root, log_path=log_path,
                          resumed=(tensors, state_in), last_saved=existing[-1] if existing else None,
                          extra_state=extra_state, after_step=after_step, env=env, progress=progress)

@@ -90,7 +90,31 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--data-dir")
 
 
+def check_bench_args(kind: str, args) -> None:
+    """The arguments of every benchmark, before any of its work: counts positive, seeds
+    non-negative, scales finite, solvers known, output folders writable."""
+    from progflow.checks import check_count, check_finite, check_out_dir
+    from progflow.solvers import get_solver
+
+    for name in ("steps", "n", "eval_every"):
+        if getattr(args, name, None) is not None:
+            check_count(getattr(args, name), "--" + name.replace("_", "-"))
+    for seed in [args.seed, *(args.seeds or [])]:
+        check_count(seed, "--seed(s)", minimum=0)
+    for w in args.cfg_scales or []:
+        check_finite(w, "--cfg-scales")
+    if args.shift is not None:
+        check_finite(args.shift, "--shift", positive=True)
+    for name in [args.solver, *(args.solvers or [])]:
+        if name is not None:
+            get_solver(name)
+    check_out_dir(args.out_dir, "--out-dir")
+    if kind != "speed":
+        check_out_dir(args.runs_dir, "--runs-dir")
+
+
 def run_benchmark(kind: str, args) -> None:
+    check_bench_args(kind, args)
     if kind == "speed":
         from progflow.bench.speed import run_speed
 

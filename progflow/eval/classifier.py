@@ -344,15 +344,18 @@ def build_fmnist_classifier(
     human-readable ``<out>.json`` beside it. Returns ``(path, test_accuracy)``.
     Used by ``progflow build-classifier``.
     """
+    from ..checks import check_count, check_out_file
     from ..data import load_fashion_mnist
 
+    check_count(seed, "--seed", minimum=0)
+    check_count(epochs, "--epochs")
+    path = check_out_file(pathlib.Path(out) if out is not None else default_classifier_path(seed))
     train = load_fashion_mnist(data_dir, split="train")
     test = load_fashion_mnist(data_dir, split="test")
     t0 = time.perf_counter()
     model = train_classifier(train, seed=seed, epochs=epochs, progress=progress)
     seconds = time.perf_counter() - t0
     acc = classifier_accuracy(model, test)
-    path = pathlib.Path(out) if out is not None else default_classifier_path(seed)
     save_classifier(model, path, test_accuracy=f"{acc:.4f}", train_seconds=f"{seconds:.1f}")
     side = path.with_name(path.name + ".json")
     fd, tmp = tempfile.mkstemp(prefix=side.name + ".", suffix=".tmp", dir=path.parent)
