@@ -27,6 +27,9 @@ from pathlib import Path
 from progflow.errors import ConfigError, ProgflowError, WriteError
 
 DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+# Upper bounds where a larger request can only be a mistake (it would run for days or not fit in memory).
+MAX_NFE = 100_000
+MAX_SAMPLES = 10_000_000
 
 
 # ---- numbers --------------------------------------------------------------------------------
@@ -55,22 +58,26 @@ def check_finite(v, name: str, *, positive: bool = False):
     return v
 
 
-def check_count(v, name: str, minimum: int = 1):
-    """An integer of at least ``minimum`` (1: a count; 0: a seed or an index)."""
+def check_count(v, name: str, minimum: int = 1, maximum: int | None = None):
+    """An integer of at least ``minimum`` (1: a count; 0: a seed or an index) and at most
+    ``maximum`` (if given)."""
     if not isinstance(v, int) or isinstance(v, bool):
         raise ConfigError(f"{name} must be an integer; got {shown(v)}")
     if v < minimum:
         what = {0: "non-negative", 1: "positive"}.get(minimum, f"at least {minimum}")
         raise ConfigError(f"{name} must be {what}; got {shown(v)}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}; got {shown(v)}")
     return v
 
 
 def check_sampling_args(*, n=None, nfe=None, cfg_scale=None, cfg_interval=None, shift=None, batch_size=None,
                         seed=None, step=None) -> None:
     """The arguments ``sample`` and ``edit`` share; ``None`` means "the run's default"."""
-    for name, v in (("--n", n), ("--nfe", nfe), ("--batch-size", batch_size), ("--step", step)):
+    for name, v, most in (("--n", n, MAX_SAMPLES), ("--nfe", nfe, MAX_NFE), ("--batch-size", batch_size, None),
+                          ("--step", step, None)):
         if v is not None:
-            check_count(v, name)
+            check_count(v, name, maximum=most)
     if seed is not None:
         check_count(seed, "--seed", minimum=0)
     if cfg_scale is not None:
@@ -169,5 +176,5 @@ def write_failure(path, exc: BaseException, after: str = "") -> WriteError:
     return WriteError(f"cannot write {path}: {reason}{'; ' + after if after else ''}")
 
 
-__all__ = ["check_count", "check_device", "check_device_name", "check_finite", "check_out_dir", "check_out_file",
-           "check_run_dir", "check_sampling_args", "is_finite", "is_number", "shown", "write_failure"]
+__all__ = ["MAX_NFE", "MAX_SAMPLES", "check_count", "check_device", "check_device_name", "check_finite",
+           "check_out_dir", "check_out_file", "check_run_dir", "check_sampling_args", "is_finite", "is_number", "shown", "write_failure"]

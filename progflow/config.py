@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from progflow.checks import check_device_name, is_finite, is_number, shown
+from progflow.checks import MAX_NFE, check_device_name, is_finite, is_number, shown
 from progflow.errors import ConfigError
 
 DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
@@ -186,6 +186,8 @@ class MethodConfig:
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"method.label_dropout must be in [0, 1); got {self.label_dropout}")
         _check_positive(self, "t_scale", "nfe", "shift")
+        if self.nfe > MAX_NFE:
+            raise ConfigError(f"method.nfe must be at most {MAX_NFE}; got {shown(self.nfe)}")
         lo, hi = self.cfg_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(f"method.cfg_interval must satisfy 0 <= lo <= hi <= 1; got {self.cfg_interval}")
@@ -290,7 +292,7 @@ _LEGACY_UNUSED = {
 
 def _build(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
-        raise ConfigError(f"config section {prefix or 'root'} must be a mapping")
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping; got {shown(d)}")
     names = {f.name for f in fields(cls)}
     legacy = _LEGACY_UNUSED.get(prefix, {})
     d = {k: v for k, v in d.items() if k in names or k not in legacy or list(_listify(v)) != _listify(legacy[k])}

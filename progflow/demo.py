@@ -16,15 +16,12 @@ DEMO_CFG = 1.5
 
 def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | None = None,
              cfg_scale: float | None = None, seed: int = 0, data_dir: str | None = None) -> dict:
-    from progflow.checks import check_count, check_finite, check_out_dir
+    from progflow.checks import check_count, check_out_dir, check_sampling_args
     from progflow.runlock import run_lock
 
-    for name, v in (("--steps", steps), ("--n", n), ("--nfe", nfe)):
-        if v is not None:
-            check_count(v, name)
-    check_count(seed, "--seed", minimum=0)
-    if cfg_scale is not None:
-        check_finite(cfg_scale, "--cfg")
+    if steps is not None:
+        check_count(steps, "--steps")
+    check_sampling_args(n=n, nfe=nfe, cfg_scale=cfg_scale, seed=seed)
     with run_lock(check_out_dir(out)):  # the demo writes its samples and scores into the run too
         return _demo(out=Path(out), steps=steps, n=n, nfe=nfe, cfg_scale=cfg_scale, seed=seed, data_dir=data_dir)
 

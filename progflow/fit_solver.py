@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from progflow import checkpoint as ckpt
-from progflow.checks import check_out_dir, check_run_dir
+from progflow.checks import MAX_NFE, check_count, check_out_dir, check_run_dir
 from progflow.config import _check_positive, check_fields, parse_override
 from progflow.data import load_dataset, to_model_range
 from progflow.errors import CheckpointError, ConfigError
@@ -87,6 +87,7 @@ class FitConfig:
         _check_positive(self, "steps", "batch_size", "chain", "offset_scale", "offset_max", "lr", "log_every",
                         "ckpt_every", "keep_last")
         _check_positive(self, "nfe", "warmup", "weight_decay", "grad_clip", "seed", allow_zero=True)
+        check_count(self.nfe, "nfe", minimum=0, maximum=MAX_NFE)
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"label_dropout must be in [0, 1); got {self.label_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -345,11 +346,14 @@ def sidenet_info(cfg, run_dir: str | Path | None = None) -> dict:
 
     record = Path(run_dir) / SOLVER_DIR / "solver.json" if run_dir else None
     if record is not None and record.exists():
-        rec = json.loads(record.read_text())
-        fit = FitConfig.from_dict(json.loads((record.parent / "config.json").read_text()))
-        return {"fitted": True, "width": fit.sidenet.width, "params": rec["sidenet_params"],
-                "share_of_backbone": rec["param_share"], "backbone_hash": rec["backbone_hash"],
-                "fit_wall_s": rec.get("fit_wall_s"), "steps": rec.get("steps_done")}
+        try:
+            rec = json.loads(record.read_text())
+            fit = FitConfig.from_dict(json.loads((record.parent / "config.json").read_text()))
+            return {"fitted": True, "width": fit.sidenet.width, "params": rec["sidenet_params"],
+                    "share_of_backbone": rec["param_share"], "backbone_hash": rec["backbone_hash"],
+                    "fit_wall_s": rec.get("fit_wall_s"), "steps": rec.get("steps_done")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{record.parent} holds a corrupt solver fit (solver.json or config.json)") from None
     backbone = build_model(cfg)
     phases = record_phases(build_method(cfg), backbone, torch.zeros(1, dtype=torch.long))
     fit = FitConfig()

@@ -135,6 +135,8 @@ CASES = [
     ("train-config-folder", "train --config {root} --out {case}/r", ["cannot be read"], None, False),
     ("train-preset", "train --preset nope --out {case}/r", ["unknown preset"], None, False),
     ("train-set-no-value", "train --set model.depth --out {case}/r", ["KEY=VALUE"], None, False),
+    ("train-set-section", "train --set data=5 --out {case}/r", ["config section data must be a mapping"], None, False),
+    ("train-nfe-huge", "train --set method.nfe=100000000 --out {case}/r", ["method.nfe must be at most"], None, False),
     # train --resume: the whole saved state is checked before a byte is written
     ("resume-step-not-int", RESUME, ["state.json", "step"], edit_state(lambda s: s.update(step="abc")), True),
     ("resume-step-other-folder", RESUME, ["state.json", "step 7"], edit_state(lambda s: s.update(step=7)), False),
@@ -153,6 +155,8 @@ CASES = [
     # sample
     ("sample-nfe-0", S + " --nfe 0", ["--nfe must be positive"], None, False),
     ("sample-nfe-neg", S + " --nfe -5", ["--nfe must be positive"], None, False),
+    ("sample-nfe-huge", S + " --nfe 100000000000", ["--nfe must be at most"], None, False),
+    ("sample-n-huge", "sample {run} --n 100000000000000", ["--n must be at most"], None, False),
     ("sample-cfg-nan", S + " --cfg nan", ["--cfg must be a finite number"], None, True),
     ("sample-cfg-inf", S + " --cfg inf", ["--cfg must be a finite number"], None, False),
     ("sample-n-0", "sample {run} --n 0", ["--n must be positive"], None, False),
@@ -204,6 +208,7 @@ CASES = [
     ("fit-steps-0", "fit-solver {run} --steps 0", ["steps must be positive"], None, False),
     ("fit-lr-nan", "fit-solver {run} --lr nan", ["lr must be a finite number"], None, False),
     ("fit-steps-float", "fit-solver {run} --set steps=2.5", ["steps must be an integer"], None, False),
+    ("fit-nfe-huge", "fit-solver {run} --nfe 1000000000", ["nfe must be at most"], None, False),
     ("fit-width", "fit-solver {run} --set sidenet.width=7", ["sidenet.width"], None, False),
     ("fit-resume-no-fit", "fit-solver {run} --resume", ["holds no solver fit"], None, False),
     ("fit-out-file", "fit-solver {run} --out {root}/file.txt", ["is a file, not a folder"], None, False),
