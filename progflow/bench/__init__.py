@@ -86,6 +86,12 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--shift", type=float, help="quality: the time-grid shift of every FD (default 1, uniform)")
     p.add_argument("--timing-only", action="store_true",
                    help="quality: only the interleaved base/DFM training-step timing (writes step_time.json)")
+    p.add_argument("--learned", action="store_true",
+                   help="solvers: first fit the BA-solver's SideNet on every measured run (offset-scale sweep, the "
+                   "best into RUN/solver), its fit cost, time per interval and round-trip inversion error of every "
+                   "solver (solvers_learned.json); add --solvers ba ba1 for their rows")
+    p.add_argument("--fit-steps", type=int, help="solvers --learned: fitting steps per SideNet (default 150)")
+    p.add_argument("--sidenet-width", type=int, help="solvers --learned: SideNet width (default 32)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")
     p.add_argument("--data-dir")
 
@@ -96,7 +102,7 @@ def check_bench_args(kind: str, args) -> None:
     from progflow.checks import check_count, check_finite, check_out_dir
     from progflow.solvers import get_solver
 
-    for name in ("steps", "n", "eval_every"):
+    for name in ("steps", "n", "eval_every", "fit_steps", "sidenet_width"):
         if getattr(args, name, None) is not None:
             check_count(getattr(args, name), "--" + name.replace("_", "-"))
     for seed in [args.seed, *(args.seeds or [])]:

@@ -342,6 +342,10 @@ def run_solvers(args) -> Path:
                 run = Path(args.runs_dir) / (base + ("-tiny" if args.tiny else "")) / f"{name}-seed{args.seed}"
                 if not (run / "bench_solvers").exists():
                     continue
+        if active and args.learned:  # BA-solver: fit the SideNets, sweep, time (progflow/bench/ba.py)
+            from progflow.bench.ba import learned_part
+
+            learned_part(args, arm, run, profile, s)
         runs.append(_measure_run(arm, run, profile, s, names if active else [], extractor, ref_feats))
         write_result({**header, "runs": runs, "summary": _summary(runs)}, out)
     plots = _plot(runs, out.with_suffix(""))
