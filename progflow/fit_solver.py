@@ -69,7 +69,7 @@ class FitConfig:
     offset_max: float = 0.5  # truncation of the offset sizes
     nfe: int = 0  # grid whose rows pick start points (0: the run's method.nfe)
     label_dropout: float = 0.1
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0

@@ -411,3 +411,21 @@ def test_ba_refused_without_a_fit_or_with_other_weights(tmp_path):
         assert_one_line_error(run_cli(*cmd, "--out", out), "fitted to other backbone weights")
     assert not out.exists()
     run_cli("sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--out", out, "--step", "30", check=0)
+
+
+def test_learned_solver_benchmark_tiny(tmp_path):
+    """`bench solvers --learned` on a tiny budget: sweep, exact ceiling, cost, timing, round trips,
+    and the ba / ba1 rows in the solvers JSON from the SideNet it chose."""
+    out = tmp_path / "out"
+    run_cli("bench", "solvers", "--tiny", "--learned", "--solvers", "ba", "ba1", "--arms", "base", "--runs-dir",
+            tmp_path / "runs", "--out-dir", out, check=0, timeout=600)
+    learned = json.loads((out / "solvers_learned_tiny.json").read_text())["runs"][0]
+    scales = [r["offset_scale"] for r in learned["sweep"]]
+    assert scales[0] == 0.0 and scales[-1].startswith("exact") and learned["chosen_offset_scale"] in scales
+    assert {"fit_wall_s", "forward_ratio"} <= learned["fit_cost"].keys()
+    assert learned["timing"]["cfg2"]["sidenet_per_interval_ms"] > 0
+    assert {"ba", "ba1", "euler", "rk4"} <= {r["solver"] for r in learned["round_trip"]}
+    assert not {"ab2", "dpmpp2m"} & {r["solver"] for r in learned["round_trip"]}
+    rows = json.loads((out / "solvers_tiny.json").read_text())["runs"][0]["endpoint"]
+    assert {"ba", "ba1"} <= {r["solver"] for r in rows}
+    assert (Path(learned["run"]) / "solver" / "solver.json").exists()

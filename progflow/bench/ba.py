@@ -10,9 +10,9 @@ Per run (the solver benchmark's ``base`` / ``dfm2`` arms, or ``--run DIR``):
   endpoint RMS against the dopri5 reference of ``bench solvers`` (same noise) for
   ``ba`` and ``ba1`` at NFE 5 and 10, with the untrained SideNet (scale ``0``: the
   training-free counterparts, Heun with reused slopes and Euler) as the baseline;
-* **fitting cost**: fitting wall time against the backbone's training wall time
-  (``train_wall_s`` of ``bench quality``'s result) and in backbone forward passes per
-  image against training's (a forward + backward counted as 3 forwards);
+* **fitting cost**: fitting wall time against the backbone's training time (summed from
+  the images/s of its ``log.jsonl`` windows) and in backbone forward passes per image
+  against training's (a forward + backward counted as 3 forwards);
 * **SideNet time**: per interval (a predictor call for three offsets plus a corrector
   call) against one backbone call, batch ``BATCH``, guidance off and on, medians;
 * **round trip**: test images inverted to noise and generated back under their class with
@@ -212,11 +212,12 @@ def _fit_cost(run: Path, cfg, fit_dir: Path, s: dict) -> dict:
            "train_forward_equivalents_per_step": 3 * cfg.batch_size, "train_steps": cfg.steps}
     out["forward_ratio"] = (out["fit_backbone_forwards_per_step"] * out["fit_steps"]) / (
         out["train_forward_equivalents_per_step"] * cfg.steps)
-    res = run / "bench_result.json"
-    if res.exists():
-        wall = json.loads(res.read_text()).get("train_wall_s")
-        if wall:
-            out.update(train_wall_s=wall, wall_ratio=rec["fit_wall_s"] / wall)
+    log = run / "log.jsonl"
+    if log.exists():  # the backbone's training compute time: its logged windows (resumes left out)
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        steps = [r["step"] for r in lines]
+        wall = sum((b - a) * cfg.batch_size / r["images_per_s"] for a, b, r in zip([0, *steps], steps, lines))
+        out.update(train_s=wall, wall_ratio=rec["fit_wall_s"] / wall)
     return out
 
 

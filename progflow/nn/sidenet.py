@@ -7,8 +7,8 @@ SideNet returns ``v`` for every offset (Euler's constant-velocity assumption).
 
 State layout. ``x`` and ``v`` are one tensor (base runs) or a list of stage tensors (DFM,
 coarse to fine). Every stage is cut into square patches whose size puts it on one common
-``G x G`` grid (``G = finest side / patch``; a 16px and a 32px stage with patch 4 both land
-on 8x8 with patches 2 and 4), as the DFM backbone's per-stage patch embeddings do; the
+``G x G`` grid (``G = finest side / patch``; a 16px and a 32px stage with patch 2 both land
+on 16x16 with patches 1 and 2), as the DFM backbone's per-stage patch embeddings do; the
 patch channels of all stages, for ``x`` and ``v``, are concatenated. Axes between the
 channel and the spatial ones (video frames) are folded into channels. The output is split
 back per stage by the inverse patch map, so the round trip loses nothing.
@@ -18,11 +18,14 @@ on a staged schedule and moves by its own offset over an interval; a stage that 
 move (``h_s = 0``, e.g. a DFM stage that has not started) gets exactly its input velocity
 back. The embedding of ``t`` concatenates sinusoidal features of every stage's time.
 
-Network. ``f`` = 3x3 conv on the patch channels of ``(x, v)`` -> residual block (FiLM
-from ``t`` and the class) -> one self-attention block over the ``G x G`` positions ->
-residual block -> FiLM from ``h`` -> zero-initialised 3x3 conv to patch channels. Only
-the last FiLM and conv see ``h``, so one call for several offsets (the predictor's three
-Gauss-Lobatto nodes) runs the trunk once.
+Network, a small U: ``f`` = 3x3 conv on the patch channels of ``(x, v)`` at ``G x G``
+(width/2 channels) -> 2x2 strided conv to ``G/2 x G/2`` (width) -> residual block (FiLM
+from ``t`` and the class) -> one self-attention block -> residual block -> 2x2 transposed
+conv back to ``G x G``, added to the first features -> FiLM from ``h`` -> zero-initialised
+3x3 conv to patch channels. The fine grid keeps pixel detail in the output (patch 2 fits
+much better than patch 4 at the same width), the half-size trunk keeps the cost of patch 4.
+Only the last FiLM and conv see ``h``, so one call for several offsets (the predictor's
+three Gauss-Lobatto nodes) runs the trunk once.
 
 >>> import torch
 >>> net = SideNet([(1, 32, 32)], num_classes=10, width=16)
@@ -56,7 +59,7 @@ class SideNetConfig:
     width: int = 32
     emb: int = 64  # conditioning vector width
     freq: int = 32  # sinusoidal features per time value
-    patch: int = 4
+    patch: int = 2
     heads: int = 2
 
     def __post_init__(self):
@@ -99,7 +102,7 @@ class SideNet(nn.Module):
     """
 
     def __init__(self, stage_shapes: list[Shape], num_classes: int, width: int = 32, emb: int = 64, freq: int = 32,
-                 patch: int = 4, heads: int = 2):
+                 patch: int = 2, heads: int = 2):
         super().__init__()
         self.stage_shapes = [tuple(s) for s in stage_shapes]
         self.num_classes = num_classes
@@ -120,14 +123,20 @@ class SideNet(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(S * freq, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.h_mlp = nn.Sequential(nn.Linear(S * freq, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.y_embed = nn.Embedding(num_classes + 1, emb)
-        self.conv_in = nn.Conv2d(2 * sum(self.out_ch), width, 3, padding=1)
+        if self.grid % 2:
+            raise ConfigError(f"the SideNet's {self.grid}x{self.grid} grid (sidenet.patch {patch}) must be even: "
+                              "its trunk runs at half that")
+        fine = width // 2
+        self.conv_in = nn.Conv2d(2 * sum(self.out_ch), fine, 3, padding=1)
+        self.down = nn.Conv2d(fine, width, 2, stride=2)
         self.block1 = FiLMResBlock(width, emb)
         self.attn_norm = nn.GroupNorm(_groups(width), width)
         self.attn = Attention(width, heads)
         self.block2 = FiLMResBlock(width, emb)
-        self.out_norm = nn.GroupNorm(_groups(width), width)
-        self.out_film = nn.Linear(emb, 2 * width)
-        self.conv_out = nn.Conv2d(width, sum(self.out_ch), 3, padding=1)
+        self.up = nn.ConvTranspose2d(width, fine, 2, stride=2)
+        self.out_norm = nn.GroupNorm(_groups(fine), fine)
+        self.out_film = nn.Linear(emb, 2 * fine)
+        self.conv_out = nn.Conv2d(fine, sum(self.out_ch), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -161,11 +170,11 @@ class SideNet(nn.Module):
         xs, vs = ([x], [v]) if single else (list(x), list(v))
         B = vs[0].shape[0]
         c_ty = self._embed_times(t_BS, self.t_mlp) + self.y_embed(y_B)
-        feat = self.conv_in(torch.cat([self._to_grid(xs), self._to_grid(vs)], dim=1).to(self.conv_in.weight.dtype))
-        feat = self.block1(feat, c_ty)
+        fine = self.conv_in(torch.cat([self._to_grid(xs), self._to_grid(vs)], dim=1).to(self.conv_in.weight.dtype))
+        feat = self.block1(self.down(F.silu(fine)), c_ty)
         tok = self.attn_norm(feat).flatten(2).transpose(1, 2)
         feat = feat + self.attn(tok).transpose(1, 2).reshape(feat.shape)
-        feat = self.block2(feat, c_ty)
+        feat = fine + self.up(self.block2(feat, c_ty))
         n = len(hs)
         h_all = torch.cat(list(hs))  # (n*B, S)
         c_h = self._embed_times(h_all, self.h_mlp) + c_ty.repeat(n, 1)
