@@ -30,6 +30,7 @@ DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:\d+)?")
 # Upper bounds where a larger request can only be a mistake (it would run for days or not fit in memory).
 MAX_NFE = 100_000
 MAX_SAMPLES = 10_000_000
+MAX_SEED = 2**32 - 1  # rng.derive_seed keeps 32 bits of each part: larger seeds would repeat smaller ones
 
 
 # ---- numbers --------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def check_sampling_args(*, n=None, nfe=None, cfg_scale=None, cfg_interval=None, 
         if v is not None:
             check_count(v, name, maximum=most)
     if seed is not None:
-        check_count(seed, "--seed", minimum=0)
+        check_count(seed, "--seed", minimum=0, maximum=MAX_SEED)
     if cfg_scale is not None:
         check_finite(cfg_scale, "--cfg")
     if shift is not None:
@@ -176,5 +177,5 @@ def write_failure(path, exc: BaseException, after: str = "") -> WriteError:
     return WriteError(f"cannot write {path}: {reason}{'; ' + after if after else ''}")
 
 
-__all__ = ["MAX_NFE", "MAX_SAMPLES", "check_count", "check_device", "check_device_name", "check_finite",
+__all__ = ["MAX_NFE", "MAX_SAMPLES", "MAX_SEED", "check_count", "check_device", "check_device_name", "check_finite",
            "check_out_dir", "check_out_file", "check_run_dir", "check_sampling_args", "is_finite", "is_number", "shown", "write_failure"]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from progflow.checks import MAX_NFE, check_device_name, is_finite, is_number, shown
+from progflow.checks import MAX_NFE, MAX_SEED, check_device_name, is_finite, is_number, shown
 from progflow.errors import ConfigError
 
 DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
@@ -225,6 +225,8 @@ class TrainConfig:
         check_device_name(self.device)
         _check_positive(self, "steps", "batch_size", "lr", "log_every", "ckpt_every", "keep_last")
         _check_positive(self, "warmup", "weight_decay", "grad_clip", "sample_every", "seed", allow_zero=True)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED} (seeds are 32-bit); got {shown(self.seed)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
         d, m = self.data, self.model

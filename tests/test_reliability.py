@@ -136,6 +136,7 @@ CASES = [
     ("train-preset", "train --preset nope --out {case}/r", ["unknown preset"], None, False),
     ("train-set-no-value", "train --set model.depth --out {case}/r", ["KEY=VALUE"], None, False),
     ("train-set-section", "train --set data=5 --out {case}/r", ["config section data must be a mapping"], None, False),
+    ("train-seed-huge", "train --seed 4294967296 --out {case}/r", ["seed must be at most"], None, False),
     ("train-nfe-huge", "train --set method.nfe=100000000 --out {case}/r", ["method.nfe must be at most"], None, False),
     # train --resume: the whole saved state is checked before a byte is written
     ("resume-step-not-int", RESUME, ["state.json", "step"], edit_state(lambda s: s.update(step="abc")), True),
