@@ -137,10 +137,55 @@ def solvers_table() -> str:
     return "\n".join(lines)
 
 
+def solvers_learned_table() -> str:
+    """The BA-solver's own measurements (``bench solvers --learned``): offset-scale sweep,
+    fitting cost, SideNet time and round-trip inversion error."""
+    f = RESULTS / "solvers_learned.json"
+    if not f.exists():
+        return ""
+    r = json.loads(f.read_text())
+    s = r["settings"]
+    lines = [f"**BA-solver** (`{r['command']}`, {r['date']}): SideNet width {r['sidenet_width']}, fitted "
+             f"{s['fit_steps']} steps of {s['fit_batch']} chains of {s['chain']} per offset scale; endpoint error "
+             "as above (uniform grid); held-out loss relative to the untrained SideNet (Euler's assumption), "
+             "offsets of mean 0.1."]
+    for run in r["runs"]:
+        sw = run["sweep"]
+        base = sw[0]["heldout_loss"]
+        side = run["sidenet"]
+        cost, tm = run["fit_cost"], run["timing"]
+        lines += ["", f"`{run['arm']}`: SideNet {side['sidenet_params'] / 1e3:.0f}k parameters "
+                  f"({100 * side['param_share']:.1f}% of the backbone), offset scale chosen: "
+                  f"{run['chosen_offset_scale']:g}; fitting {cost['fit_wall_s']:.0f} s"
+                  + (f" = {100 * cost['wall_ratio']:.1f}% of the backbone's training time" if "wall_ratio" in cost else "")
+                  + f" ({100 * cost['forward_ratio']:.1f}% of its forward passes); SideNet time per interval "
+                  f"{100 * tm['cfg1']['ratio']:.0f}% of one backbone call ({100 * tm['cfg2']['ratio']:.0f}% with "
+                  "guidance).", "",
+                  "| offset scale | held-out loss | ba @5 | ba @10 | ba1 @5 | ba1 @10 |", "|---|---|---|---|---|---|"]
+        for row in sw:
+            name = {0.0: "untrained (heun_reused / euler)"}.get(row["offset_scale"], row["offset_scale"])
+            name = "exact SideNet (backbone RK4)" if str(name).startswith("exact") else name
+            loss = f"{row['heldout_loss'] / base:.2f}" if "heldout_loss" in row else "-"
+            lines.append(f"| {name} | {loss} | " + " | ".join(f"{row[f'{n}_rms_nfe{k}']:.4f}" for n in ("ba", "ba1")
+                                                            for k in (5, 10)) + " |")
+        trip = run["round_trip"]
+        nfes = sorted({t["nfe"] for t in trip if t["solver"] != "dopri5"})
+        lines += ["", "Round trip (invert test images to noise, regenerate; RMS to the input):", "",
+                  "| solver | " + " | ".join(f"@{n}" for n in nfes) + " |", "|---" * (1 + len(nfes)) + "|"]
+        for name in sorted({t["solver"] for t in trip}):
+            cells = {t["nfe"]: t["rms"] for t in trip if t["solver"] == name}
+            if name == "dopri5":
+                lines.append(f"| dopri5 ({list(cells)[0]} NFE) | {list(cells.values())[0]:.4f} |"
+                             + " |" * (len(nfes) - 1))
+                continue
+            lines.append(f"| {name} | " + " | ".join(f"{cells[n]:.4f}" if n in cells else "-" for n in nfes) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{solvers_table()}\n{END}"
+    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{solvers_table()}\n\n{solvers_learned_table()}\n{END}"
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
