@@ -54,6 +54,8 @@ TRAIN_ABLATIONS = {
     # FlowAR with one thing changed (defaults: spatial adaLN, scales 1, 2, 4, 8)
     "flowar-adaln": ("fmnist-flowar-{size}", {"model.spatial_adaln": False}),
     "flowar-2scales": ("fmnist-flowar-{size}", {"method.scales": [2, 8]}),
+    # compute moved from the AR transformer to the flow head (1 + 2 blocks instead of 2 + 1)
+    "flowar-ar1-head2": ("fmnist-flowar-{size}", {"model.depth": 1, "model.head_depth": 2}),
 }
 # sampling-only variants of an arm's first-seed model: config overrides, "nfe" replaces the
 # benchmark's NFE (DFM default: tau 0.7, 30 + 10 steps; FlowAR: 10 head steps per scale)
