@@ -63,7 +63,6 @@ def _settings(args) -> dict:
         "n_fd": args.n or (20 if tiny else 2000),
         "cfg": (args.cfg_scales or [1.0])[0],
         "reference": {"solver": "dopri5", "full": 1e-4 if tiny else 1e-7, "headline": 1e-4 if tiny else 1e-6},
-        "n_check": 4 if tiny else 32,  # reference samples redone at 10x the tolerance, to show its error
         "batch_size": 256,
     }
 
@@ -95,10 +94,10 @@ def _arm_run(arm: str, args, s: dict) -> Path:
                                     "`progflow bench quality` finish it, or pass --steps to match it")
             return run
     else:
-        over = {"data.dataset": "synthetic", "data.n": 64, "model.depth": 1, "steps": 4, "batch_size": 8,
-                "sample_every": 0} if tiny else {}
-        cfg = preset_config(spec["preset"], seed=seed).with_overrides(over) if over else preset_config(spec["preset"],
-                                                                                                      seed=seed)
+        cfg = preset_config(spec["preset"], seed=seed)  # its preset budget, as `progflow train --preset`
+        if tiny:
+            cfg = cfg.with_overrides({"data.dataset": "synthetic", "data.n": 64, "model.depth": 1, "steps": 4,
+                                      "batch_size": 8, "sample_every": 0})
         run = Path(args.runs_dir) / ("bench-solvers-tiny" if tiny else "bench-solvers") / f"{arm}-seed{seed}"
         if run.exists() and _latest_step(run) >= cfg.steps:
             return run
@@ -124,7 +123,10 @@ def _rms(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
 
 def _reference(run: Path, cfg, model, s: dict, profile: str, cache: Path) -> tuple[torch.Tensor, dict]:
     """dopri5 end points at tight tolerance, computed once per run (a lock lets parallel
-    processes wait for the first one instead of computing it twice)."""
+    processes wait for the first one instead of computing it twice), and how far dopri5 at
+    10x the tolerance lands from them: the reference's own error is below that. (Same
+    samples, all of them: a method that draws its noise in several calls, like DFM per
+    phase, draws different noise for a smaller batch.)"""
     from progflow.sampling import atomic_savez
     from progflow.solvers import get_solver
 
@@ -133,22 +135,26 @@ def _reference(run: Path, cfg, model, s: dict, profile: str, cache: Path) -> tup
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / "reference.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        meta_path = cache / "reference.json"
+        meta_path, check_path = cache / "reference.json", cache / "reference_check.json"
         if meta_path.exists() and (meta := json.loads(meta_path.read_text()))["key"] == key:
             with np.load(cache / "reference.npz", allow_pickle=False) as z:
-                return torch.from_numpy(z["x"]), meta["info"]
-        print(f"  reference: dopri5 rtol = atol = {tol:g} on {s['n_err']} samples", flush=True)
-        x, used, sec = _end_points(cfg, model, get_solver("dopri5", rtol=tol, atol=tol), None, 1.0, s["n_err"], s)
-        m = s["n_check"]
-        loose, used_loose, _ = _end_points(cfg, model, get_solver("dopri5", rtol=10 * tol, atol=10 * tol), None, 1.0,
-                                           m, s)
-        info = {"solver": "dopri5", "rtol": tol, "atol": tol, "nfe": used, "ms_per_image": 1e3 * sec / s["n_err"],
-                f"rms_of_10x_looser_on_{m}": float(_rms(loose, x[:m]).mean()), "nfe_10x_looser": used_loose}
-        atomic_savez(cache / "reference.npz", x=x.numpy())
-        write_result({"key": key, "info": info}, meta_path)
-        print(f"  reference: {used} NFE, {info['ms_per_image']:.0f} ms/image; 10x looser differs by "
-              f"{info[f'rms_of_10x_looser_on_{m}']:.2e}", flush=True)
-        return x, info
+                x, info = torch.from_numpy(z["x"]), meta["info"]
+        else:
+            print(f"  reference: dopri5 rtol = atol = {tol:g} on {s['n_err']} samples", flush=True)
+            x, used, sec = _end_points(cfg, model, get_solver("dopri5", rtol=tol, atol=tol), None, 1.0, s["n_err"], s)
+            info = {"solver": "dopri5", "rtol": tol, "atol": tol, "nfe": used, "ms_per_image": 1e3 * sec / s["n_err"]}
+            atomic_savez(cache / "reference.npz", x=x.numpy())
+            write_result({"key": key, "info": info}, meta_path)
+            print(f"  reference: {used} NFE, {info['ms_per_image']:.0f} ms/image", flush=True)
+        if not (check_path.exists() and (check := json.loads(check_path.read_text()))["key"] == key):
+            loose, used, _ = _end_points(cfg, model, get_solver("dopri5", rtol=10 * tol, atol=10 * tol), None, 1.0,
+                                         s["n_err"], s)
+            check = {"key": key, "rms_of_10x_looser": float(_rms(loose, x).mean()), "nfe_10x_looser": used}
+            write_result(check, check_path)
+            print(f"  reference: dopri5 at 10x the tolerance ({used} NFE) lands {check['rms_of_10x_looser']:.2e} "
+                  "away", flush=True)
+        info = {k: v for k, v in info.items() if not k.startswith("rms_of_10x_looser_on")}  # (an earlier check)
+        return x, {**info, "rms_of_10x_looser": check["rms_of_10x_looser"], "nfe_10x_looser": check["nfe_10x_looser"]}
 
 
 def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats, cache: Path) -> dict:
@@ -227,7 +233,7 @@ def _measure_run(arm, run: Path, profile: str, s, chosen, extractor, ref_feats) 
         out["endpoint"] += r["endpoint"]
         out["fd"] += r["fd"]
         out["best_shift"][name] = r["best_shift"]
-        if ref_info is None and (cache / "reference.json").exists():
+        if ref_info is None and (cache / "reference.json").exists():  # collected: the reference as saved
             out["reference"] = json.loads((cache / "reference.json").read_text())["info"]
     return out
 
