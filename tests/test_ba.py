@@ -3,6 +3,7 @@ editing through the CLI on base and DFM runs, bad input."""
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -284,13 +285,29 @@ def tiny_run(root: Path, preset: str) -> Path:
     return run
 
 
+_FITTED: dict = {}
+
+
+def fitted_run(preset: str, tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny run of ``preset`` with a SideNet fitted 8 steps and 10 Euler samples (built once)."""
+    if preset not in _FITTED:
+        run = tiny_run(tmp_path_factory.mktemp("ba"), preset)
+        run_cli("fit-solver", run, *FIT, "--steps", "8", "--ckpt-every", "4", check=0)
+        samples = run.parent / "s.npz"
+        run_cli("sample", run, "--solver", "euler", "--nfe", "20", "--n", "10", "--out", samples, "--no-progress",
+                check=0)
+        _FITTED[preset] = run, samples
+    return _FITTED[preset]
+
+
 @pytest.fixture(scope="module", params=["fmnist-base-xs", "fmnist-dfm-xs"])
 def fitted(request, tmp_path_factory):
-    run = tiny_run(tmp_path_factory.mktemp("ba"), request.param)
-    run_cli("fit-solver", run, *FIT, "--steps", "8", "--ckpt-every", "4", check=0)
-    samples = run.parent / "s.npz"
-    run_cli("sample", run, "--solver", "euler", "--nfe", "20", "--n", "10", "--out", samples, "--no-progress", check=0)
-    return run, samples
+    return fitted_run(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base_fitted(tmp_path_factory):
+    return fitted_run("fmnist-base-xs", tmp_path_factory)
 
 
 def summary(p) -> dict:
@@ -345,8 +362,8 @@ def test_edit_round_trip_and_class_change(fitted, tmp_path):
     assert s["change_rms"] > errs["ba"] and out.with_suffix(".png").exists()
 
 
-def test_fit_resumes_bit_exactly_after_sigkill(tmp_path):
-    run = tiny_run(tmp_path, "fmnist-base-xs")
+def test_fit_resumes_bit_exactly_after_sigkill(base_fitted, tmp_path):
+    run, _ = base_fitted  # fits go to their own --out folders
     steps = ["--steps", "30", "--ckpt-every", "5", "--keep-last", "10"]
     ref = tmp_path / "ref"
     run_cli("fit-solver", run, *FIT, *steps, "--out", ref, check=0)
@@ -373,8 +390,8 @@ def test_fit_resumes_bit_exactly_after_sigkill(tmp_path):
 
 
 # ---- bad input: one line, exit 2, nothing written -----------------------------------------------------------
-def test_bad_input(fitted, tmp_path):
-    run, samples = fitted
+def test_bad_input(base_fitted, tmp_path):
+    run, samples = base_fitted
     out = tmp_path / "x.npz"
 
     def refused(args, *needles):
@@ -398,14 +415,15 @@ def test_bad_input(fitted, tmp_path):
     refused(["edit", run, "--images", tmp_path / "missing.npz"], "does not exist")
 
 
-def test_ba_refused_without_a_fit_or_with_other_weights(tmp_path):
-    run = tiny_run(tmp_path, "fmnist-base-xs")
+def test_ba_refused_without_a_fit_or_with_other_weights(base_fitted, tmp_path):
     out = tmp_path / "x.npz"
+    run = tmp_path / "unfitted"
+    shutil.copytree(base_fitted[0], run, ignore=shutil.ignore_patterns("solver"))
     p = run_cli("sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--out", out)
     assert_one_line_error(p, "no fitted SideNet", "fit-solver")
-    run_cli("fit-solver", run, *FIT, "--steps", "2", check=0)
-    args = [a if a != "fmnist-base-xs" else "fmnist-base-xs" for a in TINY]
-    run_cli("train", *args, "--steps", "32", "--out", run, "--resume", check=0)  # new backbone weights
+    run = tmp_path / "retrained"
+    shutil.copytree(base_fitted[0], run)
+    run_cli("train", *TINY, "--steps", "32", "--out", run, "--resume", check=0)  # new backbone weights
     for cmd in (["sample", run, "--solver", "ba1", "--nfe", "5", "--n", "4"],
                 ["sample", run, "--solver", "ba", "--nfe", "5", "--n", "4", "--raw"]):
         assert_one_line_error(run_cli(*cmd, "--out", out), "fitted to other backbone weights")
