@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY, assert_one_line_error, cli_env, run_cli
+from test_solvers import Counted  # a velocity that counts its calls
 from progflow.guidance import CFG, GuidedVelocity
 from progflow.nn.sidenet import SideNet
 from progflow.schedules import uniform_grid
@@ -81,17 +82,6 @@ def test_quadrature_exact_per_stage_on_a_staged_grid():
     assert nfe == 4
 
 
-class Counting:
-    """A velocity that counts its backbone evaluations (one per call or per branch pair)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.fn(x, t)
-
-
 def nonlinear(x, t):
     return torch.sin(3 * x) * (1 + float(t)) - x
 
@@ -100,7 +90,7 @@ def nonlinear(x, t):
 def test_nfe_and_sidenet_call_counts(n):
     grid = uniform_grid(n)
     for fn, side_calls in ((bi_anchor, 2 * n - 1), (single_anchor, n)):
-        vel = Counting(nonlinear)
+        vel = Counted(nonlinear)
         side = Side(SideNet([(1, 8, 8)], 10, width=8, patch=2), 10)
         _, nfe = fn(vel, torch.randn(2, 1, 8, 8), grid, side)
         assert nfe == n == vel.calls
