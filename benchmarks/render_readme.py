@@ -166,8 +166,9 @@ def solvers_learned_table() -> str:
             name = {0.0: "untrained (heun_reused / euler)"}.get(row["offset_scale"], row["offset_scale"])
             name = "exact SideNet (backbone RK4)" if str(name).startswith("exact") else name
             loss = f"{row['heldout_loss'] / base:.2f}" if "heldout_loss" in row else "-"
-            lines.append(f"| {name} | {loss} | " + " | ".join(f"{row[f'{n}_rms_nfe{k}']:.4f}" for n in ("ba", "ba1")
-                                                            for k in (5, 10)) + " |")
+            lines.append(f"| {name} | {loss} | " + " | ".join(
+                f"{row[f'{n}_rms_nfe{k}']:.4f}" if f"{n}_rms_nfe{k}" in row else "-" for n in ("ba", "ba1")
+                for k in (5, 10)) + " |")
         trip = run["round_trip"]
         nfes = sorted({t["nfe"] for t in trip if t["solver"] != "dopri5"})
         lines += ["", "Round trip (invert test images to noise, regenerate; RMS to the input):", "",
