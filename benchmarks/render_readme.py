@@ -149,6 +149,10 @@ def solvers_learned_table() -> str:
              f"{s['fit_steps']} steps of {s['fit_batch']} chains of {s['chain']} per offset scale; endpoint error "
              "as above (uniform grid); held-out loss relative to the untrained SideNet (Euler's assumption), "
              "offsets of mean 0.1."]
+    for name, t in r.get("timing_by_preset", {}).items():
+        lines += ["", f"`{name}` (untrained weights, batch {t['cfg1']['batch']}): SideNet {t['sidenet_params'] / 1e3:.0f}k "
+                  f"parameters = {100 * t['param_share']:.2f}% of the backbone; SideNet time per interval "
+                  f"{100 * t['cfg1']['ratio']:.1f}% of one backbone call ({100 * t['cfg2']['ratio']:.1f}% with guidance)."]
     for run in r["runs"]:
         sw = run["sweep"]
         base = sw[0]["heldout_loss"]

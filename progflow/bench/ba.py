@@ -16,6 +16,8 @@ Per run (the solver benchmark's ``base`` / ``dfm2`` arms, or ``--run DIR``):
   against training's (a forward + backward counted as 3 forwards);
 * **SideNet time**: per interval (a predictor call for three offsets plus a corrector
   call) against one backbone call, batch ``BATCH``, guidance off and on, medians;
+* **SideNet time at size s** (``timing_by_preset``): the same, untrained, for the ``s``
+  presets, where the 2% parameter target is set;
 * **round trip**: test images inverted to noise and generated back under their class with
   every solver that runs backwards, RMS against the input over NFE.
 
@@ -41,6 +43,7 @@ SWEEP_NFES = (5, 10)
 TRIP_NFES = (4, 5, 8, 9, 12, 13, 20, 21)
 BATCH = 256
 HELDOUT_SCALE = 0.1
+TIMING_PRESETS = ("fmnist-base-s", "fmnist-dfm-s")
 
 
 def _settings(args) -> dict:
@@ -254,6 +257,28 @@ def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, wid
     return result
 
 
+def preset_timing(s: dict, presets=TIMING_PRESETS) -> dict:
+    """SideNet time per interval against one backbone call for untrained models of
+    ``presets`` (the time does not depend on the weights): the ``s`` size of the targets."""
+    from progflow.fit_solver import FitConfig, sidenet_for, state_shapes
+    from progflow.methods import build_method
+    from progflow.nn.dit import build_model, count_parameters
+    from progflow.presets import preset_config
+    from progflow.solvers.ba import Side, ba_spec
+    from progflow.solvers.phases import record_phases
+
+    out = {}
+    for name in presets:
+        cfg = preset_config(name)
+        model, method = build_model(cfg).eval(), build_method(cfg)
+        shapes = state_shapes(record_phases(method, model, torch.zeros(1, dtype=torch.long)))
+        net = sidenet_for(FitConfig(), shapes, cfg.data.num_classes).eval()
+        out[name] = {"sidenet_params": count_parameters(net), "param_share": count_parameters(net) / count_parameters(model),
+                     **_timing(cfg, model, method, ba_spec(Side(net, cfg.data.num_classes)), s)}
+        print(f"  timing {name}: {out[name]}", flush=True)
+    return out
+
+
 def learned_part(args, arm: str, run: Path, profile: str, s_sol: dict) -> Path:
     """The learned-solver measurements of one run of ``bench solvers`` (``--learned``), before
     its rows are measured (``--solvers ba ba1`` then use the SideNet chosen here); the run's
@@ -262,9 +287,10 @@ def learned_part(args, arm: str, run: Path, profile: str, s_sol: dict) -> Path:
     width = args.sidenet_width or (8 if args.tiny else 32)
     result = measure_learned(arm, run, profile, s, s_sol, width)
     out = Path(args.out_dir) / ("solvers_learned_tiny.json" if args.tiny else "solvers_learned.json")
-    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    runs = [r for r in runs if r["arm"] != arm] + [result]
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    runs = [r for r in saved.get("runs", []) if r["arm"] != arm] + [result]
+    timing = saved.get("timing_by_preset") or preset_timing(s, ("fmnist-base-xs",) if args.tiny else TIMING_PRESETS)
     write_result({**result_header(args.seed), "benchmark": "solvers --learned", "settings": s, "sidenet_width": width,
-                  "torch_threads": torch.get_num_threads(), "runs": runs}, out)
+                  "torch_threads": torch.get_num_threads(), "runs": runs, "timing_by_preset": timing}, out)
     print(f"wrote {out}", flush=True)
     return out
