@@ -42,10 +42,19 @@ class Distributed:
     def __init__(self, device: str):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
+        self.owns_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
         self.main = self.rank == 0
+
+    def close(self) -> None:
+        """Destroy the process group this object created. Left to interpreter shutdown, gloo's
+        worker threads can free tensors after Python is gone and the process dies with SIGABRT
+        (seen under torchrun on a loaded 2-core machine)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -341,10 +350,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite:
     check_out_dir(out)
     _refuse_existing(out, resume, overwrite)  # every process, before the others can write (torchrun)
     env = Distributed(cfg.device)
-    with run_lock(out, enabled=env.main):
-        if env.main:
-            _refuse_existing(out, resume, overwrite)  # again under the lock: a run may have finished meanwhile
-        return _train(cfg, out, env, resume=resume, overwrite=overwrite, progress=progress)
+    try:
+        with run_lock(out, enabled=env.main):
+            if env.main:
+                _refuse_existing(out, resume, overwrite)  # again under the lock: a run may have finished meanwhile
+            return _train(cfg, out, env, resume=resume, overwrite=overwrite, progress=progress)
+    finally:
+        env.close()
 
 
 def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overwrite: bool, progress: bool) -> Path:

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import json
 import os
 import subprocess
@@ -26,6 +28,23 @@ def run_cli(*args, check=None, env=None, timeout=300) -> subprocess.CompletedPro
                        env=env or cli_env(), timeout=timeout, cwd=ROOT)
     if check is not None:
         assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
+
+
+def run_torchrun(*args, nproc: int | None = 2, timeout=600) -> subprocess.CompletedProcess:
+    """``torchrun [--nproc_per_node NPROC] ARGS`` on a free port; asserts it succeeded and shows each
+    rank's own error lines (not just the launcher's summary) when it did not."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), *(["--nproc_per_node", str(nproc)] if nproc else []),
+           "--master_port", str(port), *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=ROOT)
+    if p.returncode:
+        own = [ln for ln in p.stderr.splitlines() if "torch/distributed/elastic" not in ln and ln.strip()]
+        raise AssertionError(f"torchrun {' '.join(map(str, args))} exited {p.returncode}:\n" + "\n".join(own[:60]))
     return p
 
 

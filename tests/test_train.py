@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, assert_one_line_error, cli_env, read_log, run_cli
+from conftest import ROOT, TINY, assert_one_line_error, cli_env, read_log, run_cli, run_torchrun
 
 STEPS = ["--steps", "24", "--ckpt-every", "4", "--keep-last", "3"]
 
@@ -172,11 +172,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     args = [*TINY, "--steps", "6", "--ckpt-every", "6", "--warmup", "0"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_cli("train", *args, "--out", one, check=0)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    p = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "progflow.cli",
-                        "train", *args, "--out", str(two)], env=cli_env(), cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    run_torchrun("-m", "progflow.cli", "train", *args, "--out", two)
     l1, l2 = read_log(one), read_log(two)
     assert [r["step"] for r in l1] == [r["step"] for r in l2] == list(range(1, 7))
     for a, b in zip(l1, l2):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, run_torchrun
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 # the tutorial's budget -> the test's (same commands, seconds instead of minutes)
@@ -53,10 +53,10 @@ def test_tutorial_commands_run_in_order(tmp_path):
         argv = tiny(argv, tmp_path)
         if argv[0] == "progflow":
             cmd = [sys.executable, "-m", "progflow.cli", *argv[1:], *(["--no-progress"] if argv[1] == "train" else [])]
-        else:  # torchrun, on a port of its own
-            cmd = [str(Path(sys.executable).with_name("torchrun")), "--master_port", "29531", *argv[1:], "--no-progress"]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600, cwd=ROOT)
-        assert p.returncode == 0, f"{' '.join(argv)} failed:\n{p.stderr[-2000:]}"
+            p = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600, cwd=ROOT)
+            assert p.returncode == 0, f"{' '.join(argv)} failed:\n{p.stderr[-2000:]}"
+        else:  # torchrun on a free port; the page's --nproc_per_node is kept
+            p = run_torchrun(*argv[1:], "--no-progress", nproc=None)
         printed = [json.loads(x) for x in re.findall(r"^\{.*?^\}|^\{.*\}$", p.stdout, flags=re.S | re.M)]
         assert len(printed) == 1, f"{' '.join(argv)} printed {p.stdout!r}"
         got = printed[0]
