@@ -1,10 +1,11 @@
 # The README's two commands: `make demo` (train, sample, score on Fashion-MNIST) and `make test`.
-# Both create the virtualenv, install progflow and make sure Fashion-MNIST is present.
+# Both create the virtualenv, install progflow and make sure Fashion-MNIST is present; neither needs the network
+# beyond that. The 64px emoji dataset is fetched apart, once, with npm: `make data-emoji`, then `make demo-emoji`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test install data bench-speed clean
+.PHONY: demo test install data data-emoji demo-emoji bench-speed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,12 @@ data:
 
 demo: install data
 	$(VENV)/bin/progflow demo
+
+data-emoji: install
+	$(VENV)/bin/progflow fetch-data emoji
+
+demo-emoji: install data-emoji
+	$(VENV)/bin/progflow demo --dataset emoji
 
 test: install data
 	$(VENV)/bin/pytest

@@ -25,7 +25,7 @@ import yaml
 from progflow.checks import MAX_NFE, MAX_SEED, check_device_name, is_finite, is_number, shown
 from progflow.errors import ConfigError
 
-DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist"]
+DatasetKind = Literal["fashion-mnist", "folder", "synthetic", "moving-fmnist", "emoji"]
 
 # Model sizes: width, depth, heads. Parameter counts at 32x32, patch 4, 1 channel:
 # xs ~0.3M, s ~4.1M, b ~21M.
@@ -160,6 +160,11 @@ class ModelConfig:
             raise ConfigError(f"model.width {self.width} is not divisible by model.heads {self.heads}")
 
 
+def patch_dim(data: DataConfig, model: ModelConfig) -> int:
+    """Numbers in one token of the finest stage: channels x patch^2 (x temporal patch for video)."""
+    return data.channels * model.patch**2 * (model.temporal_patch if data.frames else 1)
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Fields every method has (plain flow matching uses exactly these). A method with
@@ -234,6 +239,11 @@ class TrainConfig:
             raise ConfigError(f"data.image_size {d.image_size} is not divisible by model.patch {m.patch}")
         if d.frames and d.frames % m.temporal_patch:
             raise ConfigError(f"data.frames {d.frames} is not divisible by model.temporal_patch {m.temporal_patch}")
+        if patch_dim(d, m) > m.width:
+            raise ConfigError(f"a token carries {patch_dim(d, m)} numbers (data.channels {d.channels} x patch "
+                              f"{m.patch}x{m.patch}{f' x {m.temporal_patch} frames' if d.frames else ''}) but "
+                              f"model.width is {m.width}: the model cannot see all the noise it must remove; use a "
+                              f"smaller model.patch or a width of at least {patch_dim(d, m)}")
         from progflow.methods import validate_config  # the method checks its own fields
 
         validate_config(self)

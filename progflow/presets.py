@@ -9,6 +9,8 @@ from progflow.config import TrainConfig
 from progflow.errors import ConfigError
 
 _FMNIST = {"data": {"dataset": "fashion-mnist", "image_size": 32, "channels": 1}}
+# 64px RGB emoji, 9 categories; patch 4: 16x16 tokens of 48 numbers (xs width 64, s width 192)
+_EMOJI = {"data": {"dataset": "emoji", "image_size": 64, "channels": 3, "num_classes": 9}}
 _BUDGET = {
     # lr 1e-3 with clipping is what the demo and the quality benchmark ran with
     "xs": {"steps": 2000, "batch_size": 64, "lr": 1e-3},
@@ -20,6 +22,13 @@ PRESETS: dict[str, dict] = {}
 for _size in ("xs", "s", "b"):
     PRESETS[f"fmnist-base-{_size}"] = {
         **_FMNIST,
+        "model": {"arch": "dit", "size": _size, "patch": 4},
+        "method": {"name": "flow"},
+        **_BUDGET[_size],
+    }
+for _size in ("xs", "s"):
+    PRESETS[f"emoji-base-{_size}"] = {
+        **_EMOJI,
         "model": {"arch": "dit", "size": _size, "patch": 4},
         "method": {"name": "flow"},
         **_BUDGET[_size],

@@ -8,6 +8,8 @@ Kinds (:data:`DATASET_KINDS`):
   images ``(N, channels, S, S)``, ``crop=None``. The split is not used.
 * ``"synthetic"``: :func:`make_synthetic` with ``n`` samples (2048 when ``n == 0``);
   the test split uses ``seed + 1``.
+* ``"emoji"``: the 64x64 colour emoji of :mod:`progflow.data.emoji` from ``data_dir``
+  (default ``$PROGFLOW_CACHE/data/emoji-16.0.0``); images ``(N, 3, 64, 64)``, 9 classes.
 * ``"moving-fmnist"``: :func:`make_moving_fmnist` video ``(N, 1, frames, S, S)`` built
   from the Fashion-MNIST split of the same name; ``n`` videos (10000 train / 1000
   test when ``n == 0``); the test split uses ``seed + 1``.
@@ -19,6 +21,7 @@ import os
 
 from ..errors import DataError
 from .base import ImageData
+from .emoji import IMAGE_SIZE as EMOJI_SIZE, load_emoji
 from .fmnist import FMNIST_CONTENT, load_fashion_mnist
 from .folder import load_image_folder
 from .synthetic import make_synthetic
@@ -26,7 +29,7 @@ from .video import make_moving_fmnist
 
 __all__ = ["DATASET_KINDS", "SPLITS", "load_dataset", "output_crop"]
 
-DATASET_KINDS = ("fashion-mnist", "folder", "synthetic", "moving-fmnist")
+DATASET_KINDS = ("fashion-mnist", "folder", "synthetic", "moving-fmnist", "emoji")
 SPLITS = ("train", "test")
 DEFAULT_SYNTHETIC_N = 2048
 DEFAULT_VIDEO_N = {"train": 10000, "test": 1000}
@@ -60,6 +63,9 @@ def load_dataset(
         raise DataError(f"dataset size n must be >= 0, got {n}")
     if kind in ("fashion-mnist", "moving-fmnist") and int(channels) != 1:
         raise DataError(f"{kind} is grayscale: channels must be 1, got {channels}")
+    if kind == "emoji" and (int(channels) != 3 or int(image_size) != EMOJI_SIZE):
+        raise DataError(f"emoji images are 64x64 RGB: image_size must be {EMOJI_SIZE} and channels 3; "
+                        f"got {image_size} and {channels}")
     split_seed = int(seed) + (1 if split == "test" else 0)
     try:
         return _build(kind, split, data_dir, int(image_size), int(channels), int(frames), n, split_seed)
@@ -80,6 +86,8 @@ def _build(kind, split, data_dir, image_size, channels, frames, n, seed) -> Imag
         if data_dir is None or str(data_dir) == "":
             raise DataError("dataset kind 'folder' needs data_dir (the root of root/<class>/<image>)")
         return load_image_folder(data_dir, image_size=image_size, channels=channels)
+    if kind == "emoji":
+        return load_emoji(data_dir, split=split)
     if kind == "synthetic":
         return make_synthetic(n or DEFAULT_SYNTHETIC_N, image_size=image_size, channels=channels, seed=seed)
     # moving-fmnist: items from the Fashion-MNIST split of the same name

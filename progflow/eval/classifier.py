@@ -72,6 +72,7 @@ class FmnistCNN(nn.Module):
     """
 
     feature_dim = 128
+    arch, tag, input_size, input_channels = ARCH, "fmnist", INPUT_SIZE, 1
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -98,6 +99,23 @@ class FmnistCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
 
+    @staticmethod
+    def prepare(u8: torch.Tensor) -> torch.Tensor:
+        return prepare_input(u8)
+
+    @staticmethod
+    def augment(x_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Training augmentation: a horizontal flip of half the batch."""
+        flip = torch.rand(len(x_u8), generator=gen) < 0.5
+        return torch.where(flip[:, None, None, None], x_u8.flip(-1), x_u8)
+
+
+def classifier_archs() -> dict[str, type]:
+    """Classifier architectures by the ``arch`` their weight files record."""
+    from .emoji import EMOJI_ARCH, EmojiCNN
+
+    return {ARCH: FmnistCNN, EMOJI_ARCH: EmojiCNN}
+
 
 def cache_dir() -> pathlib.Path:
     """The cache directory: env ``PROGFLOW_CACHE`` if set, else ``~/.cache/progflow``."""
@@ -120,18 +138,20 @@ def shipped_classifier_path(seed: int = 0) -> pathlib.Path | None:
     return pathlib.Path(__file__).with_name("weights") / SHIPPED[int(seed)][0]
 
 
-def load_shipped_classifier(seed: int = 0, device: str = "cpu") -> FmnistCNN:
-    """Load the packaged classifier for ``seed`` after checking its sha256 against :data:`SHIPPED`."""
+def load_shipped_classifier(seed: int = 0, device: str = "cpu", shipped: dict | None = None) -> FmnistCNN:
+    """Load the packaged classifier for ``seed`` after checking its sha256 against :data:`SHIPPED`
+    (or another table of the same form, e.g. the emoji classifier's)."""
     import hashlib
 
-    path = shipped_classifier_path(seed)
+    table = SHIPPED if shipped is None else shipped
+    path = pathlib.Path(__file__).with_name("weights") / table[int(seed)][0] if int(seed) in table else None
     if path is None or not path.is_file():
         raise CheckpointError(f"no packaged classifier for seed {seed} (looked for {path}); reinstall progflow "
                               "or use --features classifier:PATH")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SHIPPED[int(seed)][1]:
+    if digest != table[int(seed)][1]:
         raise CheckpointError(f"packaged classifier {path} does not match the sha256 recorded in progflow "
-                              f"(got {digest[:12]}..., expected {SHIPPED[int(seed)][1][:12]}...); reinstall progflow")
+                              f"(got {digest[:12]}..., expected {table[int(seed)][1][:12]}...); reinstall progflow")
     return load_classifier(path, device=device)
 
 
@@ -162,19 +182,19 @@ def prepare_input(u8: torch.Tensor) -> torch.Tensor:
     return u8.to(torch.float32) / 127.5 - 1.0
 
 
-def _split_arrays(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageData -> (uint8 ``(N, 1, 28, 28)`` images cropped to content, int64 labels)."""
+def _split_arrays(data, size: int = INPUT_SIZE, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageData -> (uint8 ``(N, channels, size, size)`` images cropped to content, int64 labels)."""
     images = torch.as_tensor(data.images)
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise ProgflowError(f"classifier needs grayscale (N, 1, H, W) images, got {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise ProgflowError(f"classifier needs (N, {channels}, H, W) images, got {tuple(images.shape)}")
     crop = getattr(data, "crop", None)
     if crop is not None:
         H, W = images.shape[-2:]
         top, left = (H - crop[0]) // 2, (W - crop[1]) // 2
         images = images[..., top : top + crop[0], left : left + crop[1]]
     H, W = images.shape[-2:]
-    top, left = (H - INPUT_SIZE) // 2, (W - INPUT_SIZE) // 2
-    images = images[..., top : top + INPUT_SIZE, left : left + INPUT_SIZE]
+    top, left = (H - size) // 2, (W - size) // 2
+    images = images[..., top : top + size, left : left + size]
     return images.contiguous(), torch.as_tensor(data.labels).to(torch.int64)
 
 
@@ -188,6 +208,7 @@ def train_classifier(
     progress: bool = True,
     max_steps: int | None = None,
     lr: float = 3e-3,
+    arch: str = ARCH,
 ) -> FmnistCNN:
     """Train :class:`FmnistCNN` on ``data`` (an ``ImageData`` of grayscale images).
 
@@ -196,21 +217,25 @@ def train_classifier(
     training runs on one CPU thread (the thread count changes the order of the float
     sums, hence the weights and every FD measured with them), whatever the machine has. AdamW with a one-cycle learning-rate schedule (peak ``lr``).
     Images larger than 28x28 are cropped to ``data.crop`` and then centred to 28x28.
-    ``max_steps`` caps the number of optimiser steps (for quick tests).
+    ``max_steps`` caps the number of optimiser steps (for quick tests). ``arch`` picks the
+    network (:func:`classifier_archs`; the emoji one takes ``(N, 3, 64, 64)`` images).
     Returns the model in eval mode with ``model.meta`` holding ``seed``/``epochs``.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_classifier(data, seed, epochs, batch_size, device, progress, max_steps, lr)
+        return _train_classifier(data, seed, epochs, batch_size, device, progress, max_steps, lr, arch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_classifier(data, seed, epochs, batch_size, device, progress, max_steps, lr) -> FmnistCNN:
+def _train_classifier(data, seed, epochs, batch_size, device, progress, max_steps, lr, arch) -> FmnistCNN:
     from tqdm.auto import tqdm
 
-    images, labels = _split_arrays(data)
+    if arch not in classifier_archs():
+        raise ProgflowError(f"unknown classifier arch {arch!r}; expected one of {', '.join(classifier_archs())}")
+    cls = classifier_archs()[arch]
+    images, labels = _split_arrays(data, cls.input_size, cls.input_channels)
     n = int(images.shape[0])
     if n == 0:
         raise ProgflowError("cannot train the classifier on an empty dataset")
@@ -218,13 +243,18 @@ def _train_classifier(data, seed, epochs, batch_size, device, progress, max_step
     gen = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        model = FmnistCNN(num_classes)
+        model = cls(num_classes)
     model.to(device).train()
     batch_size = min(int(batch_size), n)
     steps_per_epoch = max(1, n // batch_size)
     total = steps_per_epoch * int(epochs)
     if max_steps is not None:
         total = min(total, int(max_steps))
+    # classes weighted by inverse frequency where a model asks for it (emoji: 4.5:1 imbalance)
+    class_weight = None
+    if getattr(model, "balance_classes", False):
+        counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
+        class_weight = (counts.sum() / (num_classes * counts)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr / 3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1))
     bar = tqdm(total=total, desc="classifier", disable=not progress, leave=False)
@@ -235,15 +265,12 @@ def _train_classifier(data, seed, epochs, batch_size, device, progress, max_step
             if step >= total:
                 break
             idx = perm[i * batch_size : (i + 1) * batch_size]
-            x = images[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            x = prepare_input(x).to(device)
+            x = model.prepare(model.augment(images[idx], gen)).to(device)
             y = labels[idx].to(device)
             # dropout draws from the global RNG: seed it from our generator each step
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x), y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -254,21 +281,25 @@ def _train_classifier(data, seed, epochs, batch_size, device, progress, max_step
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    model.meta = {"arch": ARCH, "seed": str(int(seed)), "epochs": str(int(epochs)), "steps": str(total)}
+    model.meta = {"arch": cls.arch, "seed": str(int(seed)), "epochs": str(int(epochs)), "steps": str(total)}
     return model
 
 
 @torch.no_grad()
-def classifier_accuracy(model: FmnistCNN, data, *, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (an ``ImageData``), in ``[0, 1]``."""
-    images, labels = _split_arrays(data)
+def classifier_predictions(model: FmnistCNN, data, *, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted, true)`` int64 labels ``(N,)`` of ``model`` on ``data`` (an ``ImageData``)."""
+    images, labels = _split_arrays(data, model.input_size, model.input_channels)
     model.eval()
     dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, images.shape[0], batch_size):
-        logits = model(prepare_input(images[i : i + batch_size]).to(dev))
-        correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size]).sum())
-    return correct / max(1, int(images.shape[0]))
+    pred = [model(model.prepare(images[i : i + batch_size]).to(dev)).argmax(1).cpu()
+            for i in range(0, images.shape[0], batch_size)]
+    return (torch.cat(pred) if pred else torch.zeros(0, dtype=torch.long)), labels
+
+
+def classifier_accuracy(model: FmnistCNN, data, *, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (an ``ImageData``), in ``[0, 1]``."""
+    pred, labels = classifier_predictions(model, data, batch_size=batch_size)
+    return int((pred == labels).sum()) / max(1, int(labels.shape[0]))
 
 
 def save_classifier(model: FmnistCNN, path: str | os.PathLike, **meta) -> pathlib.Path:
@@ -283,7 +314,7 @@ def save_classifier(model: FmnistCNN, path: str | os.PathLike, **meta) -> pathli
     path.parent.mkdir(parents=True, exist_ok=True)
     info = dict(model.meta)
     info.update({k: str(v) for k, v in meta.items()})
-    info.update({"format": FORMAT, "arch": ARCH, "num_classes": str(model.num_classes)})
+    info.update({"format": FORMAT, "arch": model.arch, "num_classes": str(model.num_classes)})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -318,14 +349,15 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu") -> FmnistCNN:
         raise CheckpointError(f"not a valid safetensors classifier file: {path} ({msg})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"not a progflow classifier (format={meta.get('format')!r}): {path}")
-    if meta.get("arch") != ARCH:
-        raise CheckpointError(f"unknown classifier arch {meta.get('arch')!r} (want {ARCH}): {path}")
+    archs = classifier_archs()
+    if meta.get("arch") not in archs:
+        raise CheckpointError(f"unknown classifier arch {meta.get('arch')!r} (want {' or '.join(archs)}): {path}")
     try:
-        model = FmnistCNN(int(meta.get("num_classes", "10")))
+        model = archs[meta["arch"]](int(meta.get("num_classes", "10")))
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:120]
-        raise CheckpointError(f"classifier tensors do not match {ARCH}: {path} ({first})") from None
+        raise CheckpointError(f"classifier tensors do not match {meta['arch']}: {path} ({first})") from None
     model.meta = meta
     return model.to(device).eval()
 

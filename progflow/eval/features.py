@@ -13,7 +13,8 @@ Specs accepted by :func:`get_extractor`:
 
 * ``"fmnist-classifier"`` (default): the small Fashion-MNIST CNN of
   :mod:`progflow.eval.classifier`, loaded from the cache (trained on first use).
-* ``"classifier:PATH"``: that CNN loaded from a specific ``.safetensors`` file.
+* ``"emoji-classifier"``: the packaged emoji CNN of :mod:`progflow.eval.emoji`.
+* ``"classifier:PATH"``: that CNN (or the emoji one, by the arch its file records) loaded from a specific ``.safetensors`` file.
 * ``"python:package.module:factory"``: imports ``package.module`` and calls
   ``factory()`` (no arguments), which must return an object following the protocol.
   This is how a locally available network (e.g. Inception-v3 or DINOv2 weights you
@@ -45,11 +46,17 @@ import numpy as np
 import torch
 
 from ..errors import ProgflowError
-from .classifier import FmnistCNN, get_fmnist_classifier, load_classifier, prepare_input
+from .classifier import FmnistCNN, get_fmnist_classifier, load_classifier
 
 __all__ = ["FeatureExtractor", "ClassifierFeatures", "get_extractor", "check_images_u8", "DEFAULT_SPEC"]
 
 DEFAULT_SPEC = "fmnist-classifier"
+EMOJI_SPEC = "emoji-classifier"
+
+
+def default_spec(dataset: str = "fashion-mnist") -> str:
+    """The feature extractor a dataset is scored with by default."""
+    return EMOJI_SPEC if dataset == "emoji" else DEFAULT_SPEC
 
 
 @runtime_checkable
@@ -95,20 +102,20 @@ class ClassifierFeatures:
         self.model = model.eval()
         self.batch_size = int(batch_size)
         self.name = name or (
-            f"fmnist-classifier-{model.meta.get('arch', 'cnn')}-fc128-{_weights_digest(model)}"
+            f"{model.tag}-classifier-{model.meta.get('arch', 'cnn')}-fc128-{_weights_digest(model)}"
         )
 
     @torch.no_grad()
     def features_and_logits(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(N, H, W, 1)`` -> (features ``(N, 128)``, logits ``(N, K)``), float64."""
         arr = check_images_u8(images_u8)
-        if arr.shape[-1] != 1:
-            raise ProgflowError(f"{self.name} needs grayscale images (C=1), got C={arr.shape[-1]}")
+        if arr.shape[-1] != self.model.input_channels:
+            raise ProgflowError(f"{self.name} needs images with C={self.model.input_channels}, got C={arr.shape[-1]}")
         dev = next(self.model.parameters()).device
         feats, logits = [], []
         for i in range(0, arr.shape[0], self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(arr[i : i + self.batch_size])).permute(0, 3, 1, 2)
-            f, lg = self.model.features_and_logits(prepare_input(x).to(dev))
+            f, lg = self.model.features_and_logits(self.model.prepare(x).to(dev))
             feats.append(f.cpu().double().numpy())
             logits.append(lg.cpu().double().numpy())
         if not feats:
@@ -156,11 +163,15 @@ def get_extractor(spec: str = DEFAULT_SPEC, *, data_dir=None, seed: int = 0) -> 
     spec = (spec or DEFAULT_SPEC).strip()
     if spec == DEFAULT_SPEC:
         return ClassifierFeatures(get_fmnist_classifier(data_dir, seed=seed))
+    if spec == EMOJI_SPEC:
+        from .emoji import get_emoji_classifier
+
+        return ClassifierFeatures(get_emoji_classifier(seed))
     if spec.startswith("classifier:"):
         return ClassifierFeatures(load_classifier(pathlib.Path(spec[len("classifier:") :]).expanduser()))
     if spec.startswith("python:"):
         return _from_python(spec)
     raise ProgflowError(
-        f"unknown feature extractor {spec!r}; use 'fmnist-classifier', 'classifier:PATH' "
+        f"unknown feature extractor {spec!r}; use 'fmnist-classifier', 'emoji-classifier', 'classifier:PATH' "
         "or 'python:package.module:factory'"
     )

@@ -12,6 +12,11 @@ converted to float64 internally.
   to the point's k-th nearest neighbour within the set; precision is the fraction of
   fake points inside the real manifold, recall the fraction of real points inside the
   fake manifold. Computed in row chunks so 10k x 10k never materialises at once.
+* :func:`density_coverage` -- density and coverage of Naeem et al. (2020) on the real
+  set's k-NN balls: density counts how many real balls hold each fake point (``/ k``,
+  about 1 when the sets match), coverage is the fraction of real balls holding at least
+  one fake point. Unlike precision/recall, outliers in the fake set do not inflate either,
+  and a collapsed fake set (every sample the same image) scores low coverage.
 * :func:`class_accuracy` -- top-1 agreement of logits ``(N, K)`` with labels ``(N,)``.
 """
 
@@ -24,22 +29,26 @@ from scipy import linalg
 
 from ..errors import ProgflowError
 
-__all__ = ["frechet_distance", "feature_stats", "precision_recall", "class_accuracy"]
+__all__ = ["frechet_distance", "feature_stats", "precision_recall", "density_coverage", "class_accuracy"]
 
 # Elements of one chunk of the pairwise distance matrix (float64: 8 bytes each).
 _CHUNK_ELEMS = 8_000_000
 
 
-def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(feats: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(N, D)`` features -> (mean ``(D,)``, covariance ``(D, D)``, ``ddof=1``), float64.
 
-    Needs ``N >= 2``.
+    Needs ``N >= 2``. ``weights`` ``(N,)`` (non-negative) weigh the rows (``np.cov``'s
+    ``aweights``), e.g. to give a reference set another class mix.
     """
     x = np.asarray(feats, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {x.shape}")
     if x.shape[0] < 2:
         raise ProgflowError(f"need at least 2 samples for feature statistics, got {x.shape[0]}")
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        return np.average(x, axis=0, weights=w), np.cov(x, rowvar=False, aweights=w).reshape(x.shape[1], x.shape[1])
     return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
@@ -104,16 +113,7 @@ def _kth_nn_radii(x: np.ndarray, k: int) -> np.ndarray:
 
 def _coverage(queries: np.ndarray, points: np.ndarray, radii2: np.ndarray) -> float:
     """Fraction of ``queries`` within ``sqrt(radii2[j])`` of some ``points[j]``."""
-    q_sq, p_sq = _sq_norms(queries), _sq_norms(points)
-    # tolerance for rounding in the |a|^2 + |b|^2 - 2ab expansion
-    tol = 1e-9 * max(float(q_sq.max(initial=0.0)), float(p_sq.max(initial=0.0)), 1e-30)
-    thresh = radii2[None, :] + tol
-    chunk = max(1, _CHUNK_ELEMS // max(points.shape[0], 1))
-    inside = 0
-    for i in range(0, queries.shape[0], chunk):
-        d2 = _pairwise_sq(queries[i : i + chunk], q_sq[i : i + chunk], points, p_sq)
-        inside += int(np.count_nonzero((d2 <= thresh).any(axis=1)))
-    return inside / queries.shape[0]
+    return int(np.count_nonzero(_ball_counts(queries, points, radii2)[0])) / queries.shape[0]
 
 
 def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3) -> tuple[float, float]:
@@ -139,6 +139,45 @@ def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3)
     precision = _coverage(fake, real, real_r)
     recall = _coverage(real, fake, fake_r)
     return float(precision), float(recall)
+
+
+def _ball_counts(queries: np.ndarray, points: np.ndarray, radii2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every query, how many balls ``(points[j], sqrt(radii2[j]))`` hold it ``(len(queries),)``;
+    and for every point, whether its ball holds some query ``(len(points),)`` bool."""
+    q_sq, p_sq = _sq_norms(queries), _sq_norms(points)
+    # tolerance for rounding in the |a|^2 + |b|^2 - 2ab expansion
+    tol = 1e-9 * max(float(q_sq.max(initial=0.0)), float(p_sq.max(initial=0.0)), 1e-30)
+    thresh = radii2[None, :] + tol
+    chunk = max(1, _CHUNK_ELEMS // max(points.shape[0], 1))
+    counts, hit = np.empty(queries.shape[0], dtype=np.int64), np.zeros(points.shape[0], dtype=bool)
+    for i in range(0, queries.shape[0], chunk):
+        inside = _pairwise_sq(queries[i : i + chunk], q_sq[i : i + chunk], points, p_sq) <= thresh
+        counts[i : i + chunk] = inside.sum(axis=1)
+        hit |= inside.any(axis=0)
+    return counts, hit
+
+
+def density_coverage(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al., 2020, eq. 5-6) with the real set's k-NN balls.
+
+    With ``B_i`` the ball around real point ``X_i`` of radius its distance to its k-th nearest
+    other real point: ``density = 1/(k M) sum_j #{i : Y_j in B_i}`` over the ``M`` fake
+    points ``Y_j`` (unbounded; 1 for matching sets), ``coverage = 1/N #{i : some Y_j in B_i}``.
+    ``k = 5`` as in the paper. The real set needs more than ``k`` points.
+
+    >>> real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    >>> density_coverage(real, np.array([[0.5], [10.0]]), k=1)
+    (1.0, 0.5)
+    """
+    real = np.asarray(real_feats, dtype=np.float64)
+    fake = np.asarray(fake_feats, dtype=np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"density_coverage needs (N, D) and (M, D) features, got {real.shape} and {fake.shape}")
+    if real.shape[0] <= k or fake.shape[0] == 0:
+        raise ProgflowError(f"density/coverage with k={k} needs more than {k} real points and some fake ones, got "
+                            f"{real.shape[0]} real and {fake.shape[0]} fake")
+    counts, hit = _ball_counts(fake, real, _kth_nn_radii(real, k))
+    return float(counts.sum() / (k * fake.shape[0])), float(hit.mean())
 
 
 def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
