@@ -26,8 +26,8 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from progflow.config import MethodConfig, ModelConfig
-from progflow.nn.dit import DiT, build_model, count_parameters
+from progflow.config import MethodConfig, ModelConfig, patch_dim
+from progflow.nn.dit import DiT, build_model, count_parameters, dit_fields
 
 
 def base_model_config(model: ModelConfig) -> ModelConfig:
@@ -35,7 +35,7 @@ def base_model_config(model: ModelConfig) -> ModelConfig:
     class with a ``base_twin()`` method names its own (e.g. the DiT of its ``size``)."""
     if hasattr(model, "base_twin"):
         return model.base_twin()
-    return ModelConfig(**{f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)} | {"arch": "dit"})
+    return dit_fields(model)
 
 
 def forward_flops(model, inputs: tuple) -> int:
@@ -77,6 +77,22 @@ def sampling_cost(cfg, model, nfe: int | None = None) -> dict:
     return out
 
 
+def training_flops(model, parts: dict[str, str]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one training pass per sample, in all and per part. A model whose training
+    steps differ (a cascade trains one of its two networks per step) lists them with their
+    shares in ``example_passes() -> [(share, inputs), ...]``; the FLOPs are the average."""
+    passes = model.example_passes() if hasattr(model, "example_passes") else [(1.0, model.example_inputs())]
+    total, by_part = 0.0, dict.fromkeys(parts, 0.0)
+    for share, inputs in passes:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(*inputs)
+        total += share * counter.get_total_flops()
+        for label, f in _flops_by_part(counter, model, parts).items():
+            by_part[label] += share * f
+    return round(total), {label: round(f) for label, f in by_part.items()}
+
+
 def model_info(cfg) -> dict:
     """Parameters and forward FLOPs per sample of ``cfg``'s model and of its base DiT twin.
 
@@ -89,17 +105,13 @@ def model_info(cfg) -> dict:
     model = build_model(cfg).eval()
     base = DiT(cfg.data, base_model_config(cfg.model)).eval()
     params, base_params = count_parameters(model), count_parameters(base)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*model.example_inputs())
-    flops = int(counter.get_total_flops())
+    parts = model.cost_parts() if hasattr(model, "cost_parts") else {}
+    flops, train = training_flops(model, parts)
     base_flops = forward_flops(base, base.example_inputs())
     sample = sampling_cost(cfg, model)
     base_sample = sampling_cost(dataclasses.replace(cfg, model=base_model_config(cfg.model), method=MethodConfig(nfe=40)), base)
     extra = {}
-    if hasattr(model, "cost_parts"):
-        parts = model.cost_parts()
-        train = _flops_by_part(counter, model, parts)
+    if parts:
         extra["parts"] = {label: {"params": count_parameters(getattr(model, attr)), "flops": train[label],
                                   "sample_calls": sample["parts"][label]["calls"],
                                   "sample_flops": sample["parts"][label]["flops"]} for label, attr in parts.items()}
@@ -108,6 +120,8 @@ def model_info(cfg) -> dict:
         "method": cfg.method.name,
         "stages": getattr(cfg.method, "stages", 1),
         "sample_shape": list(cfg.data.shape),
+        "width": cfg.model.width,
+        "patch_dim": patch_dim(cfg.data, cfg.model),  # numbers per token; must not exceed the width
         "tokens": math.prod(model.grid),
         "base_tokens": math.prod(base.grid),
         "params": params,

@@ -33,6 +33,7 @@ class BatchRandom:
 
     def __init__(self, seed: int, step: int, global_batch: int, rows: slice, device="cpu"):
         self.gen = generator(seed, step)
+        self.step = step  # for methods whose step k trains one part of the model (a cascade)
         self.global_batch = global_batch
         self.rows = rows
         self.device = device

@@ -382,7 +382,9 @@ def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overw
     if state_in is not None:
         check_resumable(model, cfg, (tensors, state_in), existing[-1], log_path)
     method = build_method(cfg)
-    net = torch.nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    # a model whose steps leave some parameters unused (a cascade trains one of its two networks per step)
+    ddp = {"find_unused_parameters": True} if getattr(model, "idle_parameters", False) else {}
+    net = torch.nn.parallel.DistributedDataParallel(model, **ddp) if env.world > 1 else model
     if env.main:  # the first write into the run
         if overwrite:
             clear_run(out)

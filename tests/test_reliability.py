@@ -138,6 +138,18 @@ CASES = [
     ("train-set-section", "train --set data=5 --out {case}/r", ["config section data must be a mapping"], None, False),
     ("train-seed-huge", "train --seed 4294967296 --out {case}/r", ["seed must be at most"], None, False),
     ("train-nfe-huge", "train --set method.nfe=100000000 --out {case}/r", ["method.nfe must be at most"], None, False),
+    # multi-stage baselines: budget split, window boundaries, coarse resolution
+    ("train-cascade-split", "train --preset fmnist-cascade-xs --set method.train_split=1.2 --out {case}/r",
+     ["method.train_split must lie in (0, 1)"], None, False),
+    ("train-cascade-coarse", "train --preset fmnist-cascade-xs --set method.coarse_size=12 --out {case}/r",
+     ["method.coarse_size 12", "divide it"], None, True),
+    ("train-pyramidal-order", "train --preset fmnist-pyramidal-xs --set method.boundaries=[0.7,0.3] --out {case}/r",
+     ["method.boundaries must increase strictly inside (0, 1)"], None, False),
+    ("train-pyramidal-outside", "train --preset fmnist-pyramidal-xs --set method.boundaries=[1.5] --out {case}/r",
+     ["method.boundaries must increase strictly inside (0, 1)"], None, False),
+    ("train-pyramidal-coarse", "train --preset fmnist-pyramidal-xs --set data.image_size=36 "
+     "--set method.boundaries=[0.25,0.5,0.75] --set method.stage_steps=[] --out {case}/r",
+     ["data.image_size 36 is not divisible by 2**3 = 8"], None, False),
     # train --resume: the whole saved state is checked before a byte is written
     ("resume-step-not-int", RESUME, ["state.json", "step"], edit_state(lambda s: s.update(step="abc")), True),
     ("resume-step-other-folder", RESUME, ["state.json", "step 7"], edit_state(lambda s: s.update(step=7)), False),

@@ -13,11 +13,10 @@ import torch
 from progflow.config import MethodConfig
 from progflow.errors import ConfigError
 from progflow.guidance import CFG, GuidedVelocity
-from progflow.methods.base import SampleResult, drop_labels
+from progflow.methods.base import SampleResult, drop_labels, sampling_settings
 from progflow.paths import interpolate, logit_normal_from_normal, velocity_target
 from progflow.schedules import time_grid
 from progflow.registry import register_method
-from progflow.solvers import get_solver
 
 
 class FlowMatching:
@@ -56,11 +55,10 @@ class FlowMatching:
                solver: str | None = None, shift: float | None = None) -> SampleResult:
         """``nfe`` backbone evaluations of ``solver`` on a grid shifted by ``shift``
         (defaults: the run's ``method.nfe``, ``method.solver``, ``method.shift``)."""
-        spec = get_solver(solver or self.mc.solver)
-        nfe = self.mc.nfe if nfe is None else nfe
-        grid = time_grid(spec.intervals(nfe), self.mc.shift if shift is None else shift)
-        guided = CFG(model, y, self.mc.cfg_scale if cfg_scale is None else cfg_scale,
-                     self.mc.cfg_interval if cfg_interval is None else cfg_interval)
+        spec, shift, scale, interval = sampling_settings(self.mc, solver=solver, shift=shift, cfg_scale=cfg_scale,
+                                                         cfg_interval=cfg_interval)
+        grid = time_grid(spec.intervals(self.mc.nfe if nfe is None else nfe), shift)
+        guided = CFG(model, y, scale, interval)
         x = torch.randn(y.shape[0], *self.shape, generator=generator).to(y.device)
         x, n = spec.integrate(GuidedVelocity(guided), x, grid)
         return SampleResult(x=x, nfe=n)

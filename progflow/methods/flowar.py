@@ -42,7 +42,7 @@ import torch
 from progflow.config import MethodConfig
 from progflow.errors import ConfigError
 from progflow.guidance import CFG, GuidedVelocity
-from progflow.methods.base import SampleResult, drop_labels
+from progflow.methods.base import SampleResult, drop_labels, sampling_settings
 from progflow.methods.flow import FlowMatching
 from progflow.paths import interpolate, velocity_target
 from progflow.presets import PRESETS, register_preset
@@ -159,12 +159,10 @@ class FlowAR(FlowMatching):
     def sample(self, model, y: torch.Tensor, *, generator: torch.Generator, nfe: int | None = None,
                cfg_scale: float | None = None, cfg_interval=None, previews: bool = False,
                solver: str | None = None, shift: float | None = None) -> SampleResult:
-        spec = get_solver(solver or self.mc.solver)
-        shift = self.mc.shift if shift is None else shift
+        spec, shift, w, interval = sampling_settings(self.mc, solver=solver, shift=shift, cfg_scale=cfg_scale,
+                                                     cfg_interval=cfg_interval)
         steps = self.scale_steps(nfe, spec)
-        w = self.mc.cfg_scale if cfg_scale is None else cfg_scale
         check_cfg_scale(w)
-        interval = self.mc.cfg_interval if cfg_interval is None else cfg_interval
         ramp = cfg_ramp(w, len(self.sides))
         guided = any(wk != 1.0 for wk in ramp)
         B, device, C = y.shape[0], y.device, self.rep.channels

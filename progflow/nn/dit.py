@@ -71,8 +71,19 @@ class DiT(DiTTrunk):
 
     def forward(self, x: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
         c = self.t_embed(t_B) + self.y_embed(y_B)
-        h = self.run_blocks(self.embed(x), c)
-        return unpatchify(self.final(h, c), self.channels, self.grid, self.patch)
+        return self.finish(self.run_blocks(self.embed(x), c), c)
+
+    def finish(self, h_BLD: torch.Tensor, c_BD: torch.Tensor) -> torch.Tensor:
+        """Final adaLN layer and unpatchify: tokens -> ``(B, C, *S)``."""
+        return unpatchify(self.final(h_BLD, c_BD), self.channels, self.grid, self.patch)
+
+
+def dit_fields(model: ModelConfig, **changes) -> ModelConfig:
+    """The plain DiT fields of any architecture's model config, with ``changes``."""
+    import dataclasses
+
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{**fields, "arch": "dit", **changes})
 
 
 def build_model(cfg) -> nn.Module:
