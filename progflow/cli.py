@@ -100,11 +100,14 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from progflow.checks import check_count
     from progflow.eval import evaluate_npz, get_extractor, load_samples
+    from progflow.eval.features import default_spec
 
     load_samples(args.file)  # the samples first: a bad file is found before the classifier is loaded or built
     check_count(args.classifier_seed, "--classifier-seed", minimum=0)
-    extractor = get_extractor(args.features, data_dir=args.data_dir, seed=args.classifier_seed)
-    print(json.dumps(evaluate_npz(args.file, extractor=extractor, data_dir=args.data_dir), indent=2))
+    extractor = get_extractor(args.features or default_spec(args.dataset), data_dir=args.data_dir,
+                              seed=args.classifier_seed)
+    print(json.dumps(evaluate_npz(args.file, extractor=extractor, data_dir=args.data_dir, dataset=args.dataset),
+                     indent=2))
 
 
 def cmd_build_classifier(args) -> None:
@@ -112,13 +115,37 @@ def cmd_build_classifier(args) -> None:
 
     from progflow.eval import ClassifierFeatures, load_classifier
     from progflow.eval.classifier import SHIPPED, load_shipped_classifier
+    from progflow.eval.emoji import EMOJI_EPOCHS, SHIPPED_EMOJI, build_emoji_classifier
 
-    path, acc = build_fmnist_classifier(data_dir=args.data_dir, seed=args.seed, out=args.out, epochs=args.epochs)
+    report = {}
+    if args.dataset == "emoji":
+        path, acc, report["per_category"] = build_emoji_classifier(
+            data_dir=args.data_dir, seed=args.seed, out=args.out, epochs=EMOJI_EPOCHS if args.epochs is None else args.epochs)
+        shipped = SHIPPED_EMOJI
+    else:
+        path, acc = build_fmnist_classifier(data_dir=args.data_dir, seed=args.seed, out=args.out,
+                                            epochs=2 if args.epochs is None else args.epochs)
+        shipped = SHIPPED
     built = ClassifierFeatures(load_classifier(path)).name
-    report = {"classifier": str(path), "test_accuracy": acc, "features": built}
-    if args.seed in SHIPPED:  # a check that this machine reproduces the packaged weights
-        report["matches_packaged"] = built == ClassifierFeatures(load_shipped_classifier(args.seed)).name
+    report = {"classifier": str(path), "test_accuracy": acc, "features": built, **report}
+    if args.seed in shipped:  # a check that this machine reproduces the packaged weights
+        report["matches_packaged"] = built == ClassifierFeatures(load_shipped_classifier(args.seed,
+                                                                                          shipped=shipped)).name
     print(json.dumps(report))
+
+
+def cmd_diagnose(args) -> None:
+    from progflow.diagnose import diagnose_run
+
+    print(json.dumps(diagnose_run(args.run_dir, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                                  step=args.step, data_dir=args.data_dir, features=args.features, out=args.out,
+                                  progress=not args.no_progress), indent=2))
+
+
+def cmd_fetch_data(args) -> None:
+    from progflow.data.emoji import fetch_emoji
+
+    fetch_emoji(args.data_dir)
 
 
 def cmd_info(args) -> None:
@@ -182,8 +209,8 @@ def cmd_bench(args) -> None:
 def cmd_demo(args) -> None:
     from progflow.demo import run_demo
 
-    run_demo(out=Path(args.out), steps=args.steps, n=args.n, nfe=args.nfe, cfg_scale=args.cfg, seed=args.seed,
-             data_dir=args.data_dir)
+    run_demo(out=Path(args.out or f"runs/demo{'-emoji' if args.dataset == 'emoji' else ''}"), steps=args.steps,
+             n=args.n, nfe=args.nfe, cfg_scale=args.cfg, seed=args.seed, data_dir=args.data_dir, dataset=args.dataset)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,16 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score an .npz of samples: FD, precision/recall, class accuracy (JSON)")
     e.add_argument("file", help=".npz with `images` uint8 (N, H, W, C) and optional `labels`")
-    e.add_argument("--features", default="fmnist-classifier",
-                   help="feature extractor: fmnist-classifier (default) or python:module:factory")
+    e.add_argument("--features", default=None, help="feature extractor: fmnist-classifier, emoji-classifier, "
+                   "classifier:PATH or python:module:factory (default: the dataset's classifier)")
+    e.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "emoji"),
+                   help="whose test split the samples are scored against (default fashion-mnist)")
     e.add_argument("--classifier-seed", type=int, default=0)
     e.add_argument("--data-dir")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("build-classifier", help="train the Fashion-MNIST feature classifier anew (seed 0 ships "
-                       "with progflow; this checks it or makes other seeds)")
+    b = sub.add_parser("build-classifier", help="train the Fashion-MNIST (or emoji) feature classifier anew (seed 0 "
+                       "ships with progflow; this checks it or makes other seeds)")
+    b.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "emoji"))
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--epochs", type=int, default=2)
+    b.add_argument("--epochs", type=int, default=None, help="(default 2 for fashion-mnist, 20 for emoji)")
     b.add_argument("--out", help="where to write it (default: the cache, $PROGFLOW_CACHE or ~/.cache/progflow)")
     b.add_argument("--data-dir")
     b.set_defaults(func=cmd_build_classifier)
@@ -297,8 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="train fmnist-base-s briefly, sample, score and print a summary")
-    d.add_argument("--out", default="runs/demo")
+    dg = sub.add_parser("diagnose", help="stage diagnostics of a multi-stage run: FD with the true coarse stage "
+                        "(oracle), coarse stage alone, training share per stage (JSON)")
+    dg.add_argument("run_dir", help="run directory of a multi-stage method (e.g. DFM)")
+    dg.add_argument("--n", type=int, default=1000, help="test images to build from (default 1000)")
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--batch-size", type=int, default=250)
+    dg.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    dg.add_argument("--features", help="feature extractor (default: the dataset's classifier)")
+    dg.add_argument("--out", help="output JSON (default RUN_DIR/diagnose.json)")
+    dg.add_argument("--data-dir")
+    dg.add_argument("--no-progress", action="store_true")
+    dg.set_defaults(func=cmd_diagnose)
+
+    fd = sub.add_parser("fetch-data", help="download a dataset once into its data folder (emoji: npm pack)")
+    fd.add_argument("dataset", choices=("emoji",))
+    fd.add_argument("--data-dir", help="where it goes (default $PROGFLOW_CACHE/data/emoji-16.0.0)")
+    fd.set_defaults(func=cmd_fetch_data)
+
+    d = sub.add_parser("demo", help="train a base model briefly (fmnist-base-s, or emoji-base-xs with --dataset "
+                       "emoji), sample, score and print a summary")
+    d.add_argument("--out", default=None, help="run folder (default runs/demo, runs/demo-emoji)")
+    d.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "emoji"))
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo budget)")
     d.add_argument("--n", type=int, default=1000, help="samples to score")
     d.add_argument("--nfe", type=int, default=None)
