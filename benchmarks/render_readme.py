@@ -43,7 +43,10 @@ def quality_table() -> str:
              f"`{s['size']}`, {s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} "
              f"class-balanced samples at {s['nfe']} NFE (DFM: 30 + 10 for 2 stages; FlowAR: {s['nfe']} flow-head "
              f"evaluations, split evenly over its scales, plus one cached AR pass per scale), EMA weights; "
-             "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1.", "",
+             "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1; train "
+             "img/s (median of the logged windows) and minutes (summed over the windows, resumes included) as measured "
+             "during each run: runs that shared the two cores with other work are slower, so compare speed with the "
+             "interleaved step-time lines below.", "",
              "| arm | seeds | " + " | ".join(f"FD cfg {w}" for w in scales) + " | "
              + " | ".join(f"FD / base, cfg {w}" for w in scales) + f" | class acc. cfg {scales[0]} | "
              "coarse-band FD cfg 1 | fine-band RMS / real | train img/s | train min | sample img/s |",

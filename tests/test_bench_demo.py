@@ -31,14 +31,14 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
 
     run_cli(*args, env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
-    assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3", "flowar"}
+    assert {r_["arm"] for r_ in r["runs"]} == {"base", "dfm2", "dfm3", "flowar", "cascade", "pyramidal"}
     # the finished dfm3 run is collected, not trained or scored again
     assert dfm3_log.read_text() == before
     assert [x for x in r["runs"] if x["arm"] == "dfm3"][0] == part["runs"][0]
     for run in r["runs"]:
         assert [c["step"] for c in run["curve"]] == [2, 4]
         assert all(f["nfe"] == 4 and f["n"] == 20 for f in run["final"])
-    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3", "flowar"}
+    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "dfm3", "flowar", "cascade", "pyramidal"}
     assert r["summary"]["base"]["fd_ratio_to_base_cfg1.0"] == 1.0
     assert all(row["sample_images_per_s_cfg1.0"] > 0 for row in r["summary"].values())
     # FlowAR's sampling cost: 4 head evaluations (1 per scale) and 4 cached AR passes per image
@@ -80,6 +80,15 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
     kept = [x for x in again["runs"] if x["arm"] == "dfm3"]
     assert [x["seed"] for x in kept] == [0, 1] and all("quality_tiny.json" in x["collected_from"] for x in kept)
     assert not dfm3_log.parent.exists()
+
+    # --collect trains nothing (a seed 2 would otherwise train base, dfm2 and flowar) and keeps
+    # the earlier file's step time, marked, instead of measuring or dropping it
+    run_cli(*args, "--seeds", "0", "1", "2", "--collect", env=env, check=0, timeout=600)
+    collected = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert not list(dfm3_log.parent.parent.glob("*-seed2"))
+    assert {(x["arm"], x["seed"]) for x in collected["runs"]} == {(x["arm"], x["seed"]) for x in again["runs"]}
+    assert collected["step_time"]["ratio_to_base"] == again["step_time"]["ratio_to_base"]
+    assert "quality_tiny.json" in collected["step_time"]["collected_from"]
 
 
 def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):

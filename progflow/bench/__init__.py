@@ -41,6 +41,21 @@ def write_result(result: dict, path: Path) -> Path:
     return path
 
 
+def logged_train_seconds(log_path, batch_size: int) -> float | None:
+    """A run's training compute time from its ``log.jsonl`` windows (steps times batch over
+    the window's images/s): the time spent training, summed over resumed segments, the time
+    between a kill and its resume left out. None without a log."""
+    import json
+    from pathlib import Path
+
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return None
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    steps = [r["step"] for r in lines]
+    return sum((b - a) * batch_size / r["images_per_s"] for a, b, r in zip([0, *steps], steps, lines))
+
+
 def train_steps(method, model, opt, x, y, steps: int, first: int = 0) -> float:
     """Run ``steps`` optimizer steps on the fixed batch ``(x, y)``; returns seconds per step."""
     import time
@@ -75,7 +90,8 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--arms", nargs="+", metavar="ARM",
                    help="quality: run only these arms (base, dfm2, dfm3, dfm2-pq0.5, ...); finished runs of other "
                    "arms are collected from --runs-dir. Without it every arm runs and the step time is measured. "
-                   "Arms other than base and dfm2 train only the first of --seeds, unless named here. "
+                   "Arms other than base, dfm2, flowar, cascade and pyramidal train only the first of --seeds, unless named "
+                   "here. "
                    "solvers: base, dfm2 (the quality runs), base-s (headline points)")
     p.add_argument("--run", action="append", metavar="DIR",
                    help="solvers: measure this trained run (repeatable) instead of the default arms")
@@ -84,6 +100,9 @@ def add_bench_arguments(p) -> None:
                    "already cached are collected")
     p.add_argument("--solver", help="quality: the solver of every FD (default euler; see progflow sample --solver)")
     p.add_argument("--shift", type=float, help="quality: the time-grid shift of every FD (default 1, uniform)")
+    p.add_argument("--collect", action="store_true",
+                   help="quality: train nothing; gather the finished runs in --runs-dir and the rows of the earlier "
+                   "result file (same settings) whose run directories are absent, keeping its step time")
     p.add_argument("--timing-only", action="store_true",
                    help="quality: only the interleaved base/DFM training-step timing (writes step_time.json)")
     p.add_argument("--learned", action="store_true",

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench import result_header, write_result
+from progflow.bench import logged_train_seconds, result_header, write_result
 
 SCALES = (0.02, 0.05, 0.1, 0.2)
 SWEEP_NFES = (5, 10)
@@ -218,11 +218,8 @@ def _fit_cost(run: Path, cfg, fit_dir: Path, s: dict) -> dict:
            "train_forward_equivalents_per_step": 3 * cfg.batch_size, "train_steps": cfg.steps}
     out["forward_ratio"] = (out["fit_backbone_forwards_per_step"] * out["fit_steps"]) / (
         out["train_forward_equivalents_per_step"] * cfg.steps)
-    log = run / "log.jsonl"
-    if log.exists():  # the backbone's training compute time: its logged windows (resumes left out)
-        lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        steps = [r["step"] for r in lines]
-        wall = sum((b - a) * cfg.batch_size / r["images_per_s"] for a, b, r in zip([0, *steps], steps, lines))
+    wall = logged_train_seconds(run / "log.jsonl", cfg.batch_size)  # the backbone's training compute time
+    if wall is not None:
         out.update(train_s=wall, wall_ratio=rec["fit_wall_s"] / wall)
     return out
 

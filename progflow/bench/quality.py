@@ -1,11 +1,13 @@
-"""``progflow bench quality``: base flow matching vs DFM (2 and 3 stages) vs FlowAR at
-equal training compute on Fashion-MNIST 32px: same batch, steps and lr; base and DFM the
+"""``progflow bench quality``: base flow matching vs DFM (2 and 3 stages) vs FlowAR vs the
+multi-stage baselines (a cascade of two models, Pyramidal Flow) at equal training compute
+on Fashion-MNIST 32px: same batch, steps and lr; base, DFM, cascade and Pyramidal Flow the
 same width, depth and token count, FlowAR the same training FLOPs per image.
 
 For every arm and seed: train, score the EMA weights at every checkpoint (FD-vs-step
 curve, ``n_curve`` samples at cfg 1), then score the final weights with ``n`` samples at
-40 NFE for each guidance scale (FlowAR: 40 flow-head evaluations, 10 per scale). Base,
-2-stage DFM and FlowAR train every seed; the other arms (3 stages, the ablations) the
+40 NFE for each guidance scale (FlowAR: 40 flow-head evaluations, 10 per scale; the
+cascade 30 + 10, Pyramidal Flow 20 + 20). Base, 2-stage DFM, FlowAR, the cascade and
+Pyramidal Flow train every seed; the other arms (3 stages, the ablations) the
 first seed, and further seeds only when named in ``--arms``. Also an interleaved
 step-time measurement of the main arms at the same batch, and the counted FLOPs of
 sampling one image per arm. Results go to ``benchmarks/results/quality[_tiny].json`` and
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench import result_header, train_steps, write_result
+from progflow.bench import logged_train_seconds, result_header, train_steps, write_result
 from progflow.errors import ConfigError
 from progflow.presets import preset_config
 
@@ -38,6 +40,8 @@ ARMS = {
     "dfm2": ("fmnist-dfm-{size}", {}),
     "dfm3": ("fmnist-dfm3-{size}", {}),
     "flowar": ("fmnist-flowar-{size}", {}),
+    "cascade": ("fmnist-cascade-{size}", {}),
+    "pyramidal": ("fmnist-pyramidal-{size}", {}),
 }
 # 2-stage DFM with one thing changed (the defaults: p_q [0.9, 0.1], earlier stages at
 # logit-normal(1.5, 1), Laplacian pyramid, no standardisation)
@@ -68,7 +72,7 @@ SAMPLE_ABLATIONS = {
     "flowar": {"steps25": {"nfe": 100}},  # 25 head steps per scale, as in the paper
 }
 FINAL_SEED = 200  # sampling seed of the final scores (the curve uses 100)
-SEED_ARMS = ("base", "dfm2", "flowar")  # arms trained with every seed; others with the first seed only
+SEED_ARMS = ("base", "dfm2", "flowar", "cascade", "pyramidal")  # arms trained with every seed; others with the first seed only
 
 
 def _settings(args) -> dict:
@@ -195,9 +199,8 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
     from progflow.sampling import load_run
     from progflow.train import train
 
-    t0 = time.perf_counter()
     train(cfg, run, resume=True, progress=False)
-    wall = time.perf_counter() - t0
+    wall = logged_train_seconds(run / "log.jsonl", cfg.batch_size)  # summed over resumes, downtime left out
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
     ips = statistics.median(r["images_per_s"] for r in log) if log else None
     curve = []
@@ -288,7 +291,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     ablations = [a for a in arms if a not in ARMS]
     fig, axes = plt.subplots(1, 2 if ablations else 1, figsize=(13 if ablations else 6, 4.5), squeeze=False)
     first_seed = min(r["seed"] for r in runs)
-    panels = [("base, DFM, FlowAR", [a for a in arms if a in ARMS])]
+    panels = [("base, DFM, FlowAR, cascade, Pyramidal Flow", [a for a in arms if a in ARMS])]
     if ablations:
         panels.append((f"ablations (seed {first_seed})", ["base", "dfm2", "flowar", *ablations]))
     cmap = plt.get_cmap("tab20")  # its dark shades first, then the light ones: 20 distinct colours
@@ -344,18 +347,23 @@ def _check_sampler(jobs, s: dict, tiny: bool) -> None:
 _SETTING_DEFAULTS = {"solver": "euler", "shift": 1.0}  # settings added since earlier results were written
 
 
-def _earlier_runs(out: Path, s: dict) -> dict:
+def _earlier_runs(out: Path, s: dict) -> tuple[dict, dict | None]:
     """Runs recorded in an earlier ``out`` made with the same settings (seeds aside), by
     ``(arm, seed)``: the collecting step keeps those whose run directory is not on this
-    machine instead of dropping (or retraining) them. Each is marked ``collected_from``."""
+    machine instead of dropping (or retraining) them. Each is marked ``collected_from``.
+    Also that file's step-time measurement (marked the same way), kept when this call
+    does not measure one."""
     if not out.exists():
-        return {}
+        return {}, None
     prev = json.loads(out.read_text())
     ps = {**_SETTING_DEFAULTS, **prev.get("settings", {})}
     if any(ps.get(k) != v for k, v in s.items() if k != "seeds"):
-        return {}
+        return {}, None
     source = f"{out} of {prev.get('date', '?')}"
-    return {(r["arm"], r["seed"]): {**r, "collected_from": r.get("collected_from", source)} for r in prev["runs"]}
+    timing = prev.get("step_time")
+    if timing:
+        timing = {**timing, "collected_from": timing.get("collected_from", source)}
+    return {(r["arm"], r["seed"]): {**r, "collected_from": r.get("collected_from", source)} for r in prev["runs"]}, timing
 
 
 def _sample_cost(cfg, s: dict) -> dict:
@@ -392,29 +400,33 @@ def run_quality(args) -> Path:
     band_ref = fmnist_test_images(args.data_dir)[0]
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
-    earlier = _earlier_runs(out, s)
-    runs, timing = {}, None
+    earlier, timing = _earlier_runs(out, s)
+    runs = {}
     for arm, pattern, over, seed, optional in jobs:
         cfg = _config(pattern, over, seed, s, tiny)
         variants = SAMPLE_ABLATIONS.get(arm, {}) if (seed == s["seeds"][0] and s["ablations"]) else {}
         run = root / f"{arm}-seed{seed}"
         if not run.exists() and (arm, seed) in earlier:  # its run directory is not on this machine
             runs[run] = earlier[arm, seed]
-        elif arm in chosen and not (optional and args.arms is None):
+        elif arm in chosen and not (optional and args.arms is None) and not args.collect:
             print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
             runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants, band_ref)
         elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
             runs[run] = cached  # finished by another process
+        if run in runs and run.exists() and not runs[run].get("collected_from"):
+            # the training time from the log (results cached before this took the last segment's wall clock)
+            runs[run]["train_wall_s"] = logged_train_seconds(run / "log.jsonl", cfg.batch_size)
         done = [runs[r] for r in sorted(runs)]
         write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
-    if args.arms is None:  # the whole benchmark: time the training step with the CPU to itself
+    if args.arms is None and not args.collect:  # the whole benchmark: time the step with the CPU to itself
         timing = step_time_ratio(s, tiny)
         print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
     done = [runs[r] for r in sorted(runs)]
     summary = _summary(done, s["cfg_scales"])
     for arm, row in summary.items():  # counted FLOPs of sampling one image (cfg 1), as `progflow info`
-        if arm in (defined := {**ARMS, **TRAIN_ABLATIONS}):
-            row["sample_cost"] = _sample_cost(_config(*defined[arm], s["seeds"][0], s, tiny), s)
+        cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS}) else None
+        if cfg is not None and not getattr(cfg.method, "standardize", False):  # (that needs the data's stage std)
+            row["sample_cost"] = _sample_cost(cfg, s)
     write_result({**header, "step_time": timing, "runs": done, "summary": summary}, out)
     plot = out.with_suffix(".png")
     _plot(done, plot)
