@@ -20,7 +20,9 @@ from PIL import Image
 
 from progflow.data import load_dataset
 from progflow.data.emoji import MARKER, fetch_emoji, load_emoji
-from progflow.errors import ConfigError, DataError
+from progflow.errors import CheckpointError, ConfigError, DataError
+from progflow.eval import ClassifierFeatures
+from progflow.eval.classifier import shipped_classifier_path
 
 # category -> (colour, number of emoji); "Tiny" has 2 x 3 = 6 images < 100 and is dropped
 CATEGORIES = {"Animals": ((200, 30, 30), 50), "Food": ((30, 30, 200), 55), "Tiny": ((0, 0, 0), 3)}
@@ -227,10 +229,26 @@ def test_emoji_classifier_shapes_and_file_round_trip(tmp_path, emoji_dir):
 def test_shipped_emoji_classifier_matches_its_hash():
     from progflow.eval.emoji import SHIPPED_EMOJI, get_emoji_classifier
 
-    if not SHIPPED_EMOJI:
-        pytest.skip("no emoji classifier packaged yet")
+    assert 0 in SHIPPED_EMOJI  # seed 0 ships, like the Fashion-MNIST classifier
     model = get_emoji_classifier(0)
     assert model.num_classes == 9 and float(model.meta["test_accuracy"]) > 0.5
+    path = shipped_classifier_path(0, SHIPPED_EMOJI)
+    assert path.stat().st_size < 2_000_000 and ClassifierFeatures(model).name.startswith("emoji-classifier-emoji-cnn")
+
+
+def test_tampered_packaged_emoji_classifier_is_refused(tmp_path, monkeypatch):
+    import progflow.eval.emoji as emoji_mod
+
+    data = bytearray(shipped_classifier_path(0, emoji_mod.SHIPPED_EMOJI).read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "bad.safetensors").write_bytes(bytes(data))
+    import progflow.eval.classifier as clf_mod
+
+    monkeypatch.setattr(clf_mod, "__file__", str(tmp_path / "classifier.py"))  # the weights folder it looks in
+    monkeypatch.setattr(emoji_mod, "SHIPPED_EMOJI", {0: ("bad.safetensors", emoji_mod.SHIPPED_EMOJI[0][1])})
+    with pytest.raises(CheckpointError, match="sha256"):
+        emoji_mod.get_emoji_classifier(0)
 
 
 def test_density_coverage_known_values():

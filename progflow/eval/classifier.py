@@ -131,11 +131,13 @@ SHIPPED: dict[int, tuple[str, str]] = {
 }
 
 
-def shipped_classifier_path(seed: int = 0) -> pathlib.Path | None:
-    """The packaged weight file for ``seed``, or None when none ships for it."""
-    if int(seed) not in SHIPPED:
+def shipped_classifier_path(seed: int = 0, shipped: dict | None = None) -> pathlib.Path | None:
+    """The packaged weight file for ``seed`` in ``shipped`` (default :data:`SHIPPED`), or None
+    when none ships for it."""
+    table = SHIPPED if shipped is None else shipped
+    if int(seed) not in table:
         return None
-    return pathlib.Path(__file__).with_name("weights") / SHIPPED[int(seed)][0]
+    return pathlib.Path(__file__).with_name("weights") / table[int(seed)][0]
 
 
 def load_shipped_classifier(seed: int = 0, device: str = "cpu", shipped: dict | None = None) -> FmnistCNN:
@@ -144,7 +146,7 @@ def load_shipped_classifier(seed: int = 0, device: str = "cpu", shipped: dict | 
     import hashlib
 
     table = SHIPPED if shipped is None else shipped
-    path = pathlib.Path(__file__).with_name("weights") / table[int(seed)][0] if int(seed) in table else None
+    path = shipped_classifier_path(seed) if shipped is None else shipped_classifier_path(seed, shipped)
     if path is None or not path.is_file():
         raise CheckpointError(f"no packaged classifier for seed {seed} (looked for {path}); reinstall progflow "
                               "or use --features classifier:PATH")
