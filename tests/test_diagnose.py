@@ -108,6 +108,24 @@ def test_diagnose_run_end_to_end(tmp_path):
     assert share["steps"] == 2 and share["samples"] == 16
     assert json.loads((run / "diagnose.json").read_text())["scores"] == result["scores"]
 
+    # bench quality attaches the diagnostics of every multi-stage run it collects: computed once,
+    # then read back from RUN/diagnose.json; single-stage runs have none
+    import progflow.diagnose as diag_mod
+    from progflow.bench import quality
+    from progflow.sampling import load_run
+
+    cfg = load_run(run)[0]
+    monkeypatch_free = diag_mod.diagnose_run
+    try:
+        diag_mod.diagnose_run = lambda *a, **k: pytest.fail("diagnosed again instead of reading diagnose.json")
+        assert quality._diagnose(run, cfg, 10_000, None)["scores"] == result["scores"]
+    finally:
+        diag_mod.diagnose_run = monkeypatch_free
+    (run / "diagnose.json").unlink()
+    again = quality._diagnose(run, cfg, 12, None)  # n = min(1000, reference size)
+    assert again["n"] == 12 and (run / "diagnose.json").exists()
+    assert quality._diagnose(run, preset_config("fmnist-base-xs"), 10_000, None) is None
+
 
 def test_diagnose_refuses_bad_arguments(tmp_path):
     with pytest.raises(ProgflowError, match="--n must be at least 6"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import stat
 import tarfile
@@ -276,3 +277,23 @@ def test_class_mix_weights_match_the_samples():
     assert np.allclose(w / w.sum(), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
     feats = np.array([[0.0], [0.0], [0.0], [2.0]])
     assert feature_stats(feats, w)[0][0] == pytest.approx(1.0)  # balanced mean of 0 and 2
+
+
+def test_quality_benchmark_on_emoji(tmp_path, emoji_dir):
+    """`bench quality --dataset emoji`: the emoji arms, scored with the emoji classifier against
+    the emoji test split (here the fixture's), into a file and runs folder of their own."""
+    from conftest import cli_env, run_cli
+
+    env = cli_env(PROGFLOW_CACHE=str(tmp_path / "cache"))
+    run_cli("bench", "quality", "--dataset", "emoji", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs",
+            "--data-dir", emoji_dir, env=env, check=0, timeout=600)
+    r = json.loads((tmp_path / "quality_emoji_tiny.json").read_text())
+    assert r["settings"]["dataset"] == "emoji" and {x["arm"] for x in r["runs"]} == {"base", "dfm2"}
+    assert {p.name for p in (tmp_path / "runs" / "bench-quality-emoji-tiny").iterdir()} == {"base-seed0", "dfm2-seed0"}
+    for run in r["runs"]:
+        assert run["preset"].startswith("emoji-") and all(math.isfinite(f["fd"]) for f in run["final"])
+    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2"}
+    cached = json.loads((tmp_path / "runs" / "bench-quality-emoji-tiny" / "base-seed0" / "bench_result.json").read_text())
+    assert cached["key"]["features"].startswith("emoji-classifier-emoji-cnn-v1")
+    # the reference is the fixture's emoji test split, cached under the emoji name
+    assert list((tmp_path / "cache").glob("ref-emoji-test-emoji-classifier-*.npz"))

@@ -100,6 +100,9 @@ def add_bench_arguments(p) -> None:
                    "already cached are collected")
     p.add_argument("--solver", help="quality: the solver of every FD (default euler; see progflow sample --solver)")
     p.add_argument("--shift", type=float, help="quality: the time-grid shift of every FD (default 1, uniform)")
+    p.add_argument("--dataset", choices=("fashion-mnist", "emoji"),
+                   help="quality: the data every arm trains and is scored on (default fashion-mnist; emoji: base, dfm2 "
+                   "and dfm2-pq0.3 on the emoji presets, results in quality_emoji.json, diagnostics of every DFM run)")
     p.add_argument("--collect", action="store_true",
                    help="quality: train nothing; gather the finished runs in --runs-dir and the rows of the earlier "
                    "result file (same settings) whose run directories are absent, keeping its step time")

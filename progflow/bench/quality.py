@@ -71,6 +71,14 @@ SAMPLE_ABLATIONS = {
     },
     "flowar": {"steps25": {"nfe": 100}},  # 25 head steps per scale, as in the paper
 }
+# the datasets the benchmark runs on: preset prefix, the suffix of its result file and runs
+# folder, the arms that have presets there (None: every arm), and the arms trained on every seed
+DATASETS = {
+    "fashion-mnist": {"prefix": "fmnist-", "tag": "", "arms": None, "title": "Fashion-MNIST 32px"},
+    # the issue's comparison at 64px: base vs 2-stage DFM with the paper's p_q and with the
+    # best p_q of the Fashion-MNIST ablation, every one on every seed
+    "emoji": {"prefix": "emoji-", "tag": "_emoji", "arms": ("base", "dfm2", "dfm2-pq0.3"), "title": "emoji 64px"},
+}
 FINAL_SEED = 200  # sampling seed of the final scores (the curve uses 100)
 SEED_ARMS = ("base", "dfm2", "flowar", "cascade", "pyramidal")  # arms trained with every seed; others with the first seed only
 
@@ -93,6 +101,7 @@ def _settings(args) -> dict:
         "ablations": not tiny,
         "solver": getattr(args, "solver", None) or "euler",
         "shift": getattr(args, "shift", None) or 1.0,
+        "dataset": getattr(args, "dataset", None) or "fashion-mnist",
     }
 
 
@@ -102,7 +111,8 @@ def _sampler(s: dict) -> dict:
 
 
 def _config(preset_pattern: str, overrides: dict, seed: int, s: dict, tiny: bool):
-    cfg = preset_config(preset_pattern.format(size=s["size"]), steps=s["steps"], batch_size=s["batch_size"], seed=seed,
+    name = preset_pattern.format(size=s["size"]).replace("fmnist-", DATASETS[s.get("dataset", "fashion-mnist")]["prefix"], 1)
+    cfg = preset_config(name, steps=s["steps"], batch_size=s["batch_size"], seed=seed,
                         lr=s["lr"], warmup=s["warmup"], ckpt_every=s["eval_every"], keep_last=10_000, sample_every=0,
                         log_every=1 if tiny else 20)
     extra = dict(overrides)
@@ -118,7 +128,8 @@ def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale
            solver=None, shift: float | None = None) -> dict:
     """Sample ``n`` images and score them; with ``band_ref`` (uint8 NHWC reference images)
     also the coarse/fine band scores (:func:`progflow.eval.band_scores`). ``solver`` /
-    ``shift`` default to the run's."""
+    ``shift`` default to the run's. ``ref``: reference features ``(M, D)``, or
+    ``(features, labels)`` to weight the reference to the samples' class mix."""
     from progflow.data import center_crop
     from progflow.eval import band_scores, evaluate_arrays
     from progflow.sampling import generate, to_nhwc
@@ -127,7 +138,8 @@ def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale
     images, labels, used, _ = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale, progress=False,
                                        solver=solver, shift=shift)
     dt = time.perf_counter() - t0
-    r = evaluate_arrays(to_nhwc(images), labels.numpy(), extractor, ref)
+    ref, ref_labels = ref if isinstance(ref, tuple) else (ref, None)
+    r = evaluate_arrays(to_nhwc(images), labels.numpy(), extractor, ref, ref_labels=ref_labels)
     out = {"cfg": cfg_scale, "nfe": used, "n": n, "fd": r["fd"], "precision": r["precision"], "recall": r["recall"],
            "class_accuracy": r["class_accuracy"], "sample_s": dt}
     if band_ref is not None:  # (synthetic tiny runs make 32px frames; the reference is 28px)
@@ -228,19 +240,25 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
             "sampling_variants": variants}
 
 
+def _main_arms(s: dict) -> dict:
+    """The main arms (:data:`ARMS`) that the benchmark's dataset has presets for."""
+    have = DATASETS[s.get("dataset", "fashion-mnist")]["arms"]
+    return {arm: v for arm, v in ARMS.items() if have is None or arm in have}
+
+
 def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dict:
     """Interleaved timing of one training step per arm (same batch), median over rounds."""
     from progflow.methods import build_method
     from progflow.nn.dit import build_model
 
     setups = {}
-    for arm, (pattern, over) in ARMS.items():
+    for arm, (pattern, over) in _main_arms(s).items():
         cfg = _config(pattern, over, 0, s, tiny)
         torch.manual_seed(0)
         model, method = build_model(cfg), build_method(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.rand(cfg.batch_size, *cfg.data.shape) * 2 - 1
-        y = torch.arange(cfg.batch_size) % 10
+        y = torch.arange(cfg.batch_size) % cfg.data.num_classes
         setups[arm] = (model, method, opt, x, y)
     times = {arm: [] for arm in setups}
     for r in range(1 if tiny else rounds):
@@ -278,7 +296,7 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
     return out
 
 
-def _plot(runs: list[dict], path: Path) -> None:
+def _plot(runs: list[dict], path: Path, title: str = DATASETS["fashion-mnist"]["title"]) -> None:
     try:
         import matplotlib
 
@@ -297,7 +315,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     cmap = plt.get_cmap("tab20")  # its dark shades first, then the light ones: 20 distinct colours
     palette = [cmap(2 * k + light) for light in (0, 1) for k in range(10)]
     colors = {a: palette[i % 20] for i, a in enumerate([*ARMS, *ablations])}
-    for i, (ax, (title, shown)) in enumerate(zip(axes[0], panels)):
+    for i, (ax, (panel, shown)) in enumerate(zip(axes[0], panels)):
         for r in runs:
             if r["arm"] not in shown or (i == 1 and r["seed"] != first_seed):
                 continue
@@ -308,7 +326,7 @@ def _plot(runs: list[dict], path: Path) -> None:
         ax.set_ylabel("FD (classifier features, cfg 1)")
         ax.set_yscale("log")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        ax.set_title(f"Fashion-MNIST 32px: {title}", fontsize=9)
+        ax.set_title(f"{title}: {panel}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -344,7 +362,8 @@ def _check_sampler(jobs, s: dict, tiny: bool) -> None:
             raise ConfigError(f"arm {arm}: {str(e).replace('solver record', 'solver ' + s['solver'])}") from None
 
 
-_SETTING_DEFAULTS = {"solver": "euler", "shift": 1.0}  # settings added since earlier results were written
+# settings added since earlier results were written
+_SETTING_DEFAULTS = {"solver": "euler", "shift": 1.0, "dataset": "fashion-mnist"}
 
 
 def _earlier_runs(out: Path, s: dict) -> tuple[dict, dict | None]:
@@ -376,28 +395,50 @@ def _sample_cost(cfg, s: dict) -> dict:
             **({"calls": {k: v["calls"] for k, v in cost["parts"].items()}} if "parts" in cost else {})}
 
 
+def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:
+    """Stage diagnostics (:func:`progflow.diagnose.diagnose_run`) of a finished multi-stage
+    run, kept in ``RUN/diagnose.json`` and read back from there; None for other methods."""
+    from progflow.diagnose import DIAGNOSE_FILE, diagnose_run
+    from progflow.methods import build_method
+
+    method = build_method(cfg)
+    if getattr(method, "S", 1) < 2 or not hasattr(method, "stage_diagnostics"):
+        return None
+    path = run / DIAGNOSE_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    print(f"  {run.name}: stage diagnostics", flush=True)
+    return diagnose_run(run, n=min(1000, n_ref), data_dir=data_dir, progress=False)
+
+
 def run_quality(args) -> Path:
-    from progflow.eval import fmnist_test_images, get_extractor, reference_stats
+    from progflow.eval import get_extractor
+    from progflow.eval.evaluate import reference_images, reference_set
+    from progflow.eval.features import default_spec
 
     if args.timing_only:
         return run_timing(args)
     s = _settings(args)
     tiny = args.tiny
-    root = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality")
-    out = Path(args.out_dir) / ("quality_tiny.json" if tiny else "quality.json")
+    data = DATASETS[s["dataset"]]
+    root = Path(args.runs_dir) / f"bench-quality{data['tag']}{'-tiny' if tiny else ''}".replace("_", "-")
+    out = Path(args.out_dir) / f"quality{data['tag']}{'_tiny' if tiny else ''}.json"
     # (arm, preset pattern, overrides, seed, optional): arms outside SEED_ARMS train their
     # further seeds only when named in --arms; finished ones are always collected
     jobs = []
+    seed_arms = SEED_ARMS if data["arms"] is None else data["arms"]
     for arm, (pattern, over) in {**ARMS, **(TRAIN_ABLATIONS if s["ablations"] else {})}.items():
-        jobs += [(arm, pattern, over, seed, arm not in SEED_ARMS and i > 0) for i, seed in enumerate(s["seeds"])]
+        if data["arms"] is not None and arm not in data["arms"]:
+            continue
+        jobs += [(arm, pattern, over, seed, arm not in seed_arms and i > 0) for i, seed in enumerate(s["seeds"])]
     known = {arm for arm, *_ in jobs}
     chosen = set(args.arms or known)
     if chosen - known:
         raise ConfigError(f"unknown --arms {sorted(chosen - known)}; choose from {sorted(known)}")
     _check_sampler([j for j in jobs if j[0] in chosen], s, tiny)
-    extractor = get_extractor("fmnist-classifier", data_dir=args.data_dir)
-    ref = reference_stats(extractor, data_dir=args.data_dir)
-    band_ref = fmnist_test_images(args.data_dir)[0]
+    extractor = get_extractor(default_spec(s["dataset"]), data_dir=args.data_dir)
+    ref = reference_set(extractor, data_dir=args.data_dir, dataset=s["dataset"])  # (features, labels)
+    band_ref = reference_images(s["dataset"], args.data_dir)[0]
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
     earlier, timing = _earlier_runs(out, s)
@@ -416,6 +457,8 @@ def run_quality(args) -> Path:
         if run in runs and run.exists() and not runs[run].get("collected_from"):
             # the training time from the log (results cached before this took the last segment's wall clock)
             runs[run]["train_wall_s"] = logged_train_seconds(run / "log.jsonl", cfg.batch_size)
+            if not tiny and (diag := _diagnose(run, cfg, len(ref[0]), args.data_dir)) is not None:
+                runs[run]["diagnose"] = {k: diag[k] for k in ("n", "scores", "training_share") if k in diag}
         done = [runs[r] for r in sorted(runs)]
         write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
     if args.arms is None and not args.collect:  # the whole benchmark: time the step with the CPU to itself
@@ -424,12 +467,15 @@ def run_quality(args) -> Path:
     done = [runs[r] for r in sorted(runs)]
     summary = _summary(done, s["cfg_scales"])
     for arm, row in summary.items():  # counted FLOPs of sampling one image (cfg 1), as `progflow info`
+        diags = [r["diagnose"]["scores"] for r in done if r["arm"] == arm and r.get("diagnose")]
+        if diags:  # stage diagnostics, mean over the seeds that have them
+            row["diagnose_fd"] = {k: statistics.mean(d[k]["fd"] for d in diags) for k in diags[0]}
         cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS}) else None
         if cfg is not None and not getattr(cfg.method, "standardize", False):  # (that needs the data's stage std)
             row["sample_cost"] = _sample_cost(cfg, s)
     write_result({**header, "step_time": timing, "runs": done, "summary": summary}, out)
     plot = out.with_suffix(".png")
-    _plot(done, plot)
+    _plot(done, plot, data["title"])
     print(json.dumps(summary, indent=1))
     print(f"wrote {out} and {plot}")
     return out
