@@ -103,3 +103,14 @@ def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
     assert (out / "samples.png").exists()
     p = run_cli("eval", out / "samples.npz", env=env, check=0)
     assert json.loads(p.stdout)["fd"] == scores["fd"]  # eval is deterministic
+
+
+def test_quality_results_of_each_dataset_and_size_are_kept_apart():
+    from progflow.bench.quality import result_names
+
+    names = {(d, size, tiny): result_names({"dataset": d, "size": size}, tiny)
+             for d in ("fashion-mnist", "emoji") for size in ("xs", "s") for tiny in (False, True)}
+    assert names["fashion-mnist", "xs", False] == ("bench-quality", "quality.json")  # the committed names
+    assert names["fashion-mnist", "xs", True] == ("bench-quality-tiny", "quality_tiny.json")
+    assert names["emoji", "s", False] == ("bench-quality-emoji-s", "quality_emoji_s.json")
+    assert len({n[0] for n in names.values()}) == len({n[1] for n in names.values()}) == len(names)

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import stat
 import tarfile
 from pathlib import Path

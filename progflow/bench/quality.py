@@ -10,8 +10,10 @@ cascade 30 + 10, Pyramidal Flow 20 + 20). Base, 2-stage DFM, FlowAR, the cascade
 Pyramidal Flow train every seed; the other arms (3 stages, the ablations) the
 first seed, and further seeds only when named in ``--arms``. Also an interleaved
 step-time measurement of the main arms at the same batch, and the counted FLOPs of
-sampling one image per arm. Results go to ``benchmarks/results/quality[_tiny].json`` and
-an FD-vs-step plot.
+sampling one image per arm. Results go to ``benchmarks/results/quality[_emoji][_SIZE][_tiny].json``
+(``--dataset emoji``; ``_SIZE`` for sizes other than ``xs``) and an FD-vs-step plot beside it; the
+runs to ``RUNS_DIR/bench-quality[-emoji][-SIZE][-tiny]/ARM-seedN``. Multi-stage runs also get
+their stage diagnostics (``progflow diagnose``).
 
 Each finished run keeps its scores in ``<run>/bench_result.json`` (with the settings
 they were made with), so an interrupted benchmark picks up where it stopped and
@@ -395,6 +397,14 @@ def _sample_cost(cfg, s: dict) -> dict:
             **({"calls": {k: v["calls"] for k, v in cost["parts"].items()}} if "parts" in cost else {})}
 
 
+def result_names(s: dict, tiny: bool) -> tuple[str, str]:
+    """``(runs folder, result file)`` of the settings ``s``: one per dataset and size (``xs``,
+    the first, keeps the plain names), so that a run of one size or dataset never collects,
+    overwrites or retrains another's."""
+    tag = f"{DATASETS[s['dataset']]['tag']}{'' if s['size'] == 'xs' else '_' + s['size']}{'_tiny' if tiny else ''}"
+    return f"bench-quality{tag}".replace("_", "-"), f"quality{tag}.json"
+
+
 def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:
     """Stage diagnostics (:func:`progflow.diagnose.diagnose_run`) of a finished multi-stage
     run, kept in ``RUN/diagnose.json`` and read back from there; None for other methods."""
@@ -421,8 +431,8 @@ def run_quality(args) -> Path:
     s = _settings(args)
     tiny = args.tiny
     data = DATASETS[s["dataset"]]
-    root = Path(args.runs_dir) / f"bench-quality{data['tag']}{'-tiny' if tiny else ''}".replace("_", "-")
-    out = Path(args.out_dir) / f"quality{data['tag']}{'_tiny' if tiny else ''}.json"
+    folder, file = result_names(s, tiny)
+    root, out = Path(args.runs_dir) / folder, Path(args.out_dir) / file
     # (arm, preset pattern, overrides, seed, optional): arms outside SEED_ARMS train their
     # further seeds only when named in --arms; finished ones are always collected
     jobs = []
