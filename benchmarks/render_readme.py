@@ -135,8 +135,22 @@ def solvers_table() -> str:
             lines.append(f"| {n} | " + " | ".join(_cell(rows[n], k, "rms", "{:.4f}") for k in nfes) + " | "
                          + " | ".join(_cell(fds[n], k, "fd", "{:.1f}") for k in fd_nfes)
                          + f" | {ms[len(ms) // 2]:.2f} |")
-    lines += ["", "Plots: `benchmarks/results/solvers_error.png` (endpoint error vs NFE, best shift and uniform), "
-              "`benchmarks/results/solvers_fd.png` (FD vs NFE)."]
+    from progflow.bench.solvers import ARMS, SOLVERS
+
+    measured = {run["arm"]: set(run["best_shift"]) for run in r["runs"]}
+    missing_arms = [a for a in ARMS if a not in measured]
+    missing = sorted({n for got in measured.values() for n in SOLVERS if n not in got})
+    if missing_arms or missing:  # a file written while the benchmark was still running
+        lines += ["", "**Partial result**: the file was written before the benchmark finished"
+                  + (f"; arms not measured yet: {', '.join(missing_arms)}" if missing_arms else "")
+                  + (f"; classical solvers not measured yet: {', '.join(missing)}" if missing else "")
+                  + "; the BA-solver rows come from `--solvers ba ba1` and are not in it yet." * (
+                      not any({"ba", "ba1"} & got for got in measured.values()))]
+    plots = [f"`benchmarks/results/{name}` ({what})" for name, what in (
+        ("solvers_error.png", "endpoint error vs NFE, best shift and uniform"), ("solvers_fd.png", "FD vs NFE"))
+        if (RESULTS / name).exists()]
+    if plots:
+        lines += ["", "Plots: " + ", ".join(plots) + "."]
     return "\n".join(lines)
 
 
