@@ -398,7 +398,7 @@ def test_save_video_gif(tmp_path):
 
 
 def test_load_dataset_dispatch(tmp_path):
-    assert DATASET_KINDS == ("fashion-mnist", "folder", "synthetic", "moving-fmnist")
+    assert DATASET_KINDS == ("fashion-mnist", "folder", "synthetic", "moving-fmnist", "emoji")
     s = load_dataset("synthetic", n=40, image_size=16, channels=3)
     assert s.images.shape == (40, 3, 16, 16)
     assert torch.equal(s.images, make_synthetic(40, 16, 3, seed=0).images)

@@ -234,6 +234,18 @@ CASES = [
     ("edit-batch-0", E + " --batch-size 0", ["--batch-size must be positive"], None, False),
     ("edit-solver", E + " --solver ab2", ["cannot integrate"], None, False),
     ("edit-out-proc", E + " --out /proc/e.npz", ["cannot be written"], None, False),
+    # diagnose: runs without a coarse stage, counts, paths
+    ("diagnose-single-stage", "diagnose {run} --no-progress", ["single-stage run"], None, False),
+    ("diagnose-n-small", "diagnose {run} --n 2", ["--n must be at least 6"], None, False),
+    ("diagnose-no-run", "diagnose {case}/none", ["does not exist"], None, False),
+    ("diagnose-out-proc", "diagnose {run} --out /proc/d.json", ["cannot be written"], None, False),
+    ("diagnose-out-suffix", "diagnose {run} --out {case}/d.txt", ["must end in .json"], None, False),
+    # fetch-data: where the download would land
+    ("fetch-data-unknown", "fetch-data mnist", ["invalid choice"], None, True),
+    ("fetch-data-proc", "fetch-data emoji --data-dir /proc/progflow-emoji", ["/proc", "cannot be written"], None, False),
+    ("fetch-data-under-file", "fetch-data emoji --data-dir {root}/file.txt/emoji", ["file.txt is a file, not a folder"],
+     None, False),
+    ("fetch-data-foreign", "fetch-data emoji --data-dir {root}", ["holds other files"], None, False),
 ]
 
 

@@ -85,6 +85,9 @@ def fetch_emoji(data_dir=None, *, npm: str = "npm", progress=print) -> pathlib.P
         return root
     if root.exists() and not root.is_dir():
         raise DataError(f"emoji data folder {root} is a file, not a folder")
+    from ..checks import check_out_dir
+
+    check_out_dir(root.parent, "--data-dir's parent")  # the download lands beside it, then is renamed
     if root.is_dir() and any(root.iterdir()) and not (root / "emoji.json").exists():
         raise DataError(f"emoji data folder {root} holds other files and no emoji download; choose another --data-dir")
     if shutil.which(npm) is None:
