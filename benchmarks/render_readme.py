@@ -39,10 +39,11 @@ def quality_table() -> str:
     r = json.loads(f.read_text())
     s = r["settings"]
     scales = s["cfg_scales"]
-    lines = [f"**Base vs DFM vs FlowAR at equal training compute** (`{r['command']}`, {r['date']}): model size "
+    lines = [f"**Base vs DFM vs FlowAR vs the multi-stage baselines (cascade, Pyramidal Flow) at equal training compute** (`{r['command']}`, {r['date']}): model size "
              f"`{s['size']}`, {s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} "
-             f"class-balanced samples at {s['nfe']} NFE (DFM: 30 + 10 for 2 stages; FlowAR: {s['nfe']} flow-head "
-             f"evaluations, split evenly over its scales, plus one cached AR pass per scale), EMA weights; "
+             f"class-balanced samples at {s['nfe']} NFE (DFM and the cascade: 30 + 10 for 2 stages; Pyramidal Flow: "
+             f"20 + 20 over its 2 windows; FlowAR: {s['nfe']} flow-head evaluations, split evenly over its scales, "
+             f"plus one cached AR pass per scale), EMA weights; "
              "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1; train "
              "img/s (median of the logged windows) and minutes (summed over the windows, resumes included) as measured "
              "during each run: runs that shared the two cores with other work are slower, so compare speed with the "
@@ -76,7 +77,8 @@ def quality_table() -> str:
             return f"{arm} {c['gflop']:.3f} ({calls})"
 
         lines += ["", "Sampling cost per image, counted FLOPs at cfg 1 (guidance doubles every arm alike), GFLOP: "
-                  + "; ".join(cost(a, costs[a]) for a in ("base", "dfm2", "flowar", "flowar-2scales") if a in costs)
+                  + "; ".join(cost(a, costs[a]) for a in ("base", "dfm2", "flowar", "flowar-2scales", "cascade", "pyramidal")
+                             if a in costs)
                   + "."]
     st = r.get("step_time")
     if st:
