@@ -138,6 +138,7 @@ class Cascade(FlowMatching):
         self.size, self.coarse = cfg.data.image_size, self.mc.coarse_size
         self.coarse_shape = (cfg.data.channels, self.coarse, self.coarse)
         self.stage_steps = self.mc.stage_steps or split_steps(self.mc.nfe, (3, 1))
+        self.S = 2  # stages: the coarse image, then the full one (progflow diagnose)
 
     @staticmethod
     def validate(cfg) -> None:
@@ -197,12 +198,38 @@ class Cascade(FlowMatching):
         B, device = y.shape[0], y.device
         x = torch.randn(B, *self.coarse_shape, generator=generator).to(device)
         x_coarse, used = spec.integrate(GuidedVelocity(CFG(model, y, scale, interval)), x, time_grid(steps[0], shift))
+        x, n = self._super_resolve(model, x_coarse, y, spec, steps[1], shift, scale, interval, generator)
+        shown = [upsample(x_coarse, self.size), x] if previews else []
+        return SampleResult(x=x, nfe=used + n, previews=shown)
+
+    def _super_resolve(self, model, x_coarse, y, spec, steps: int, shift, scale, interval, generator):
+        """The second solve: the SR model from fresh noise, conditioned on ``x_coarse``
+        augmented at the fixed ``method.aug_level``; returns ``(x, NFE)``."""
+        B, device = y.shape[0], y.device
         eps = torch.randn(B, *self.shape, generator=generator).to(device)
         sr = _SuperResolution(model, self.condition(x_coarse, self.mc.aug_level, eps), self.mc.aug_level)
         x = torch.randn(B, *self.shape, generator=generator).to(device)
-        x, n = spec.integrate(GuidedVelocity(CFG(sr, y, scale, interval)), x, time_grid(steps[1], shift))
-        shown = [upsample(x_coarse, self.size), x] if previews else []
-        return SampleResult(x=x, nfe=used + n, previews=shown)
+        return spec.integrate(GuidedVelocity(CFG(sr, y, scale, interval)), x, time_grid(steps, shift))
+
+    @torch.no_grad()
+    def stage_diagnostics(self, model, x1: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator,
+                          nfe: int | None = None, cfg_scale: float | None = None,
+                          solver: str | None = None) -> dict[str, torch.Tensor]:
+        """The hooks of :mod:`progflow.diagnose`, from true data ``x1``: ``oracle_clean``, the
+        SR model's solve (as in :meth:`sample`) conditioned on the *true* coarse image
+        ``down(x1)`` instead of a generated one; ``coarse_only``, that coarse image
+        bilinearly upsampled (no super-resolution at all)."""
+        spec, shift, scale, interval = sampling_settings(self.mc, solver=solver, cfg_scale=cfg_scale)
+        steps = self.phase_steps(nfe, spec)
+        x_coarse = downsample(x1, self.coarse)
+        oracle, _ = self._super_resolve(model, x_coarse, y, spec, steps[1], shift, scale, interval, generator)
+        return {"oracle_clean": oracle, "coarse_only": upsample_bilinear(x_coarse, self.size)}
+
+    def training_share(self, steps: int, seed: int, batch_size: int) -> dict:
+        """Share of training steps ``0 .. steps - 1`` that trained each model (coarse, SR):
+        one model per step, by :func:`trains_sr`, whatever the seed and batch."""
+        sr = sum(trains_sr(k, self.mc.train_split) for k in range(steps))
+        return {"active_share": [(steps - sr) / max(steps, 1), sr / max(steps, 1)], "steps_per_stage": [steps - sr, sr]}
 
 
 def _register_presets() -> None:
