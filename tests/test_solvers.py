@@ -394,6 +394,8 @@ def test_solver_benchmark_tiny_writes_json_plots_and_resumes(tmp_path, quick_cla
         best = run["best_shift"]
         for f in run["fd"]:
             assert f["shift"] == best[f["solver"]][str(f["nfe"])]
+        top = max(r["settings"]["fd_nfes"])  # there, only the reference solver (Euler) is scored
+        assert {f["solver"] for f in run["fd"] if f["nfe"] == top} == set(r["settings"]["fd_top_solvers"])
     for plot in ("solvers_tiny_fd.png", "solvers_tiny_error.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     # a second call reads every run's cached results instead of sampling again
