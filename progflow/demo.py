@@ -31,7 +31,7 @@ def run_demo(*, out: Path, steps: int | None = None, n: int = 1000, nfe: int | N
 
 
 def _demo(*, out: Path, steps, n, nfe, cfg_scale, seed, data_dir, dataset) -> dict:
-    from progflow.bench import result_header
+    from progflow.bench.common import result_header
     from progflow.eval import evaluate_npz, get_extractor
     from progflow.eval.features import default_spec
     from progflow.sampling import sample_run

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench import logged_train_seconds, result_header, write_result
+from progflow.bench.common import logged_train_seconds, result_header, write_result
 
 SCALES = (0.02, 0.05, 0.1, 0.2)
 SWEEP_NFES = (5, 10)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench import logged_train_seconds, result_header, train_steps, write_result
+from progflow.bench.common import logged_train_seconds, result_header, train_steps, write_result
 from progflow.errors import ConfigError
 from progflow.presets import preset_config
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from progflow.bench import result_header, write_result
+from progflow.bench.common import result_header, write_result
 from progflow.errors import ConfigError, ProgflowError
 
 NFES = (3, 4, 5, 6, 8, 10, 15, 20, 40, 100)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from progflow.bench import result_header, train_steps, write_result
+from progflow.bench.common import result_header, train_steps, write_result
 from progflow.methods import build_method
 from progflow.nn.dit import build_model, count_parameters
 from progflow.presets import preset_config
