@@ -20,15 +20,29 @@ def speed_table() -> str:
         return "_No speed result committed yet._"
     r = json.loads(f.read_text())
     m = r["machine"]
-    lines = [f"**Speed** (`{r['command']}`, {r['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}): "
+    lines = [f"**Speed** (`{r['command']}`, {r['date']}, {m['cpu']}, {m['cores']} cores, "
+             f"{r.get('torch_threads', m['torch_threads'])} thread(s), torch {m['torch']}): "
              f"fp32 matmul peak measured in the same run {r['matmul_fp32_gflop_per_s']:.0f} GFLOP/s; "
-             f"data loading {1e3 * r['data_s_per_batch']:.2f} ms per batch of 64.", "",
-             "| preset | params | train img/s | train GFLOP/s | share of matmul peak | sample img/s (NFE) |",
-             "|---|---|---|---|---|---|"]
+             f"data loading {1e3 * r['data_s_per_batch']:.2f} ms per batch of 64."]
+    peer = any("peer" in x for x in r["results"])
+    if peer:
+        lines[0] += (" Peer: diffusers' `DiTTransformer2DModel` at the same width, depth, heads and patch, timed "
+                     "interleaved with progflow's model (median ratio over rounds; below 1 = progflow faster): "
+                     "the training step and one forward pass of the sampling batch. Peak memory: a fresh process "
+                     "training (batch 64) or sampling (batch 100).")
+    lines += ["", "| preset | params | train img/s | train GFLOP/s | share of matmul peak | sample img/s (NFE) |"
+              + (" train step / diffusers | forward / diffusers | peak MB train / sample |" if peer else ""),
+              "|---" * (6 + 3 * peer) + "|"]
     for x in r["results"]:
-        lines.append(f"| {x['preset']} | {x['params'] / 1e6:.2f}M | {x['train_images_per_s']:.1f} | "
-                     f"{x['train_gflop_per_s']:.1f} | {100 * x['share_of_matmul_peak']:.0f}% | "
-                     f"{x['sample_images_per_s']:.1f} ({x['sample_nfe']}) |")
+        row = (f"| {x['preset']} | {x['params'] / 1e6:.2f}M | {x['train_images_per_s']:.1f} | "
+               f"{x['train_gflop_per_s']:.1f} | {100 * x['share_of_matmul_peak']:.0f}% | "
+               f"{x['sample_images_per_s']:.1f} ({x['sample_nfe']}) |")
+        if peer:
+            p = x.get("peer", {})
+            mem = x.get("memory")
+            row += (f" {p['train_ratio']:.2f}x | {p['forward_ratio']:.2f}x |" if "train_ratio" in p else " - | - |")
+            row += f" {mem['train']['peak_rss_mb']:.0f} / {mem['sample']['peak_rss_mb']:.0f} |" if mem else " - |"
+        lines.append(row)
     return "\n".join(lines)
 
 

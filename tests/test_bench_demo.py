@@ -7,16 +7,48 @@ from conftest import assert_one_line_error, cli_env, run_cli
 
 
 def test_speed_benchmark_writes_json(tmp_path):
-    run_cli("bench", "speed", "--tiny", "--out-dir", tmp_path, check=0)
+    run_cli("bench", "speed", "--tiny", "--profile", "--out-dir", tmp_path, check=0)
     r = json.loads((tmp_path / "speed_tiny.json").read_text())
     assert {"command", "machine", "date", "seed"} <= r.keys()
     assert r["matmul_fp32_gflop_per_s"] > 0 and r["data_s_per_batch"] > 0
     rows = {x["preset"]: x for x in r["results"]}
-    assert set(rows) == {"fmnist-base-xs", "fmnist-base-s"}
+    assert set(rows) == {"fmnist-base-xs", "fmnist-dfm-xs"}
     for x in rows.values():
         assert x["train_images_per_s"] > 0 and x["sample_images_per_s"] > 0 and x["train_gflop_per_image"] > 0
-    # the s model costs more per image than xs
-    assert rows["fmnist-base-s"]["train_gflop_per_image"] > 5 * rows["fmnist-base-xs"]["train_gflop_per_image"]
+        # peak memory of a fresh process: training holds more than the idle interpreter
+        mem = x["memory"]
+        assert mem["train"]["peak_rss_mb"] > mem["train"]["above_idle_mb"] > 0
+        assert mem["sample"]["peak_rss_mb"] > mem["sample"]["above_idle_mb"] >= 0
+        # the peer (diffusers' DiT, installed by `make install`) timed beside ours
+        peer = x["peer"]
+        assert peer["train_step_s"] > 0 and peer["forward_s"] > 0
+        assert peer["train_ratio"] > 0 and peer["forward_ratio"] > 0
+    # DFM's training pass costs about what base's does (+0.5% FLOPs at s)
+    assert 0.9 < rows["fmnist-dfm-xs"]["train_gflop_per_image"] / rows["fmnist-base-xs"]["train_gflop_per_image"] < 1.2
+    prof = json.loads((tmp_path / "speed_tiny_profile.json").read_text())["profiles"]
+    assert [p["preset"] for p in prof] == ["fmnist-base-xs", "fmnist-dfm-xs"]
+    for p in prof:
+        assert any(o["op"] in ("aten::mm", "aten::addmm") for o in p["top_ops"])
+        assert 0 < sum(o["share"] for o in p["top_ops"]) <= 1 + 1e-9
+
+
+def test_speed_peer_is_diffusers_dit_at_our_shape_or_skipped(monkeypatch):
+    from progflow.bench import speed
+    from progflow.nn.dit import build_model, count_parameters
+    from progflow.presets import preset_config
+
+    cfg = preset_config("fmnist-base-s")
+    peer = speed.peer_model(cfg)
+    assert peer is not None, "make install installs diffusers (progflow[peer])"
+    x, t, y = build_model(cfg).example_inputs(2)
+    out = peer(x, timestep=t * 1000, class_labels=y, return_dict=False)[0]
+    assert out.shape == x.shape  # same image in, same velocity shape out
+    # same width/depth/heads/patch: parameter counts within the 10-15% the issue measured
+    assert 1.0 < count_parameters(peer) / count_parameters(build_model(cfg)) < 1.2
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # as if not installed
+    assert speed.peer_model(cfg) is None
+    assert "pip install progflow[peer]" in speed.peer_rows(cfg, None, None, None, None, rounds=1, steps=1,
+                                                           sample_batch=1)["skipped"]
 
 
 def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache):

@@ -13,7 +13,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--out-dir", default="benchmarks/results", help="where the JSON (and plots) go")
     p.add_argument("--runs-dir", default="runs", help="where the quality benchmark keeps its training runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--presets", nargs="+", help="presets to measure (speed: default fmnist-base-xs fmnist-base-s)")
+    p.add_argument("--presets", nargs="+", help="presets to measure (speed: default base and DFM at xs and s)")
     p.add_argument("--steps", type=int, help="timed training steps (speed) / training steps per model (quality; "
                    "solvers: of the xs runs, default 5000)")
     p.add_argument("--n", type=int, help="samples per FD (quality, solvers; default 2000)")
@@ -49,6 +49,8 @@ def add_bench_arguments(p) -> None:
                    "solver (solvers_learned.json); add --solvers ba ba1 for their rows")
     p.add_argument("--fit-steps", type=int, help="solvers --learned: fitting steps per SideNet (default 150)")
     p.add_argument("--sidenet-width", type=int, help="solvers --learned: SideNet width (default 32)")
+    p.add_argument("--profile", action="store_true",
+                   help="speed: also profile a training step per preset by operator (speed_profile.json)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")
     p.add_argument("--data-dir")
 

@@ -1,8 +1,25 @@
 """``progflow bench speed``: training and sampling images/s per preset, with the machine's
-fp32 matmul GFLOP/s measured in the same run, so the share of peak is visible."""
+fp32 matmul GFLOP/s measured in the same run, so the share of peak is visible.
+
+Per preset (default: base and DFM at ``xs`` and ``s``):
+
+* **training step** (batch 64, AdamW, the method's own loss) and **sampling** (the method's
+  sampler, ``nfe`` evaluations) images/s, and FLOPs per image counted by torch;
+* **peer**: diffusers' ``DiTTransformer2DModel`` at the same width, depth, heads, patch,
+  image size and classes (``pip install progflow[peer]``; skipped with a note without it),
+  timed *interleaved* with progflow's model, round by round, so both see the same machine
+  state: its training step (same batch, the flow-matching loss computed around it, AdamW)
+  and one forward pass of a sampling batch, against progflow's forward on the same batch.
+  The ratios are medians over rounds; a ratio below 1 means progflow is faster;
+* **memory**: the peak resident set of a fresh process that trains ``steps`` steps or
+  samples one batch, and that peak above the same process idle with torch imported;
+* **profile** (``--profile``): where a training step's CPU time goes, by operator, from
+  ``torch.profiler``, into ``speed_profile.json``.
+"""
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -14,6 +31,8 @@ from progflow.methods import build_method
 from progflow.nn.dit import build_model, count_parameters
 from progflow.presets import preset_config
 from progflow.rng import BatchRandom, generator
+
+PRESETS = ("fmnist-base-xs", "fmnist-base-s", "fmnist-dfm-xs", "fmnist-dfm-s")
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
@@ -37,7 +56,147 @@ def train_step_flops(method, model, x, y) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int) -> dict:
+# ---- the peer: diffusers' DiT at the same configuration ------------------------------------
+def peer_model(cfg) -> torch.nn.Module | None:
+    """diffusers' ``DiTTransformer2DModel`` shaped like ``cfg``'s DiT (None without diffusers)."""
+    try:
+        from diffusers import DiTTransformer2DModel
+    except ImportError:
+        return None
+    m, d = cfg.model, cfg.data
+    return DiTTransformer2DModel(num_attention_heads=m.heads, attention_head_dim=m.width // m.heads,
+                                 in_channels=d.channels, out_channels=d.channels, num_layers=m.depth,
+                                 sample_size=d.image_size, patch_size=m.patch, num_embeds_ada_norm=d.num_classes,
+                                 activation_fn="gelu-approximate")
+
+
+class PeerStep:
+    """One training step of the peer: the flow-matching loss around its forward (noise, time,
+    interpolation, velocity MSE, as progflow's loss), backward, AdamW."""
+
+    def __init__(self, model, x, y):
+        self.model, self.x, self.y = model, x, y
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def __call__(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for k in range(steps):
+            g = generator(k)
+            x0 = torch.randn(self.x.shape, generator=g)
+            t = torch.rand(self.x.shape[0], generator=g)
+            xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * self.x
+            v = self.model(xt, timestep=t * 1000, class_labels=self.y, return_dict=False)[0]
+            loss = (v - (self.x - x0)).pow(2).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return (time.perf_counter() - t0) / steps
+
+
+def forward_seconds(fn, reps: int) -> float:
+    """Median seconds of ``fn()`` under inference mode, after one warm-up call."""
+    with torch.inference_mode():
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peer_rows(cfg, model, method, x, y, *, rounds: int, steps: int, sample_batch: int) -> dict:
+    """progflow vs the peer, interleaved round by round: training step and sampling forward."""
+    peer = peer_model(cfg)
+    if peer is None:
+        return {"skipped": "diffusers is not installed (pip install progflow[peer])"}
+    torch.manual_seed(0)
+    step = PeerStep(peer, x, y)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs = model.example_inputs(sample_batch)  # the model's own forward (every stage of DFM)
+    xs = torch.randn(sample_batch, *cfg.data.shape)
+    ts, ys = torch.full((sample_batch,), 0.5), torch.arange(sample_batch) % cfg.data.num_classes
+    ours_train, peer_train, ours_fwd, peer_fwd = [], [], [], []
+    step(1)
+    train_steps(method, model, opt, x, y, 1)  # warm-up of both
+    for r in range(rounds):
+        ours_train.append(train_steps(method, model, opt, x, y, steps, first=1 + r * steps))
+        peer_train.append(step(steps))
+        ours_fwd.append(forward_seconds(lambda: model(*inputs), 1))
+        peer_fwd.append(forward_seconds(lambda: peer(xs, timestep=ts * 1000, class_labels=ys, return_dict=False), 1))
+    med = statistics.median
+    return {"model": "diffusers.DiTTransformer2DModel", "params": count_parameters(peer), "rounds": rounds,
+            "train_step_s": med(peer_train), "ours_train_step_s": med(ours_train),
+            "train_ratio": med(o / p for o, p in zip(ours_train, peer_train)),
+            "forward_batch": sample_batch, "forward_s": med(peer_fwd), "ours_forward_s": med(ours_fwd),
+            "forward_ratio": med(o / p for o, p in zip(ours_fwd, peer_fwd))}
+
+
+# ---- memory: a fresh process per measurement -----------------------------------------------
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process image in MB: ``VmHWM`` (Linux; unlike
+    ``ru_maxrss`` it is not carried over from the parent through fork and exec), else
+    ``ru_maxrss``."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_job(preset: str, phase: str, batch: int, steps: int, nfe: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    idle = _peak_rss_mb()
+    cfg = preset_config(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model, method = build_model(cfg), build_method(cfg)
+    y = torch.arange(batch) % cfg.data.num_classes
+    if phase == "train":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        train_steps(method, model, opt, torch.rand(batch, *cfg.data.shape) * 2 - 1, y, steps)
+    else:
+        model.eval()
+        method.sample(model, y, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+    peak = _peak_rss_mb()
+    return {"peak_rss_mb": peak, "above_idle_mb": peak - idle}
+
+
+def peak_memory(preset: str, phase: str, **kw) -> dict:
+    """Peak resident memory of a fresh process (spawned: nothing of this one's heap) that
+    trains or samples ``preset``."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_rss_job, (preset, phase), {**kw, "threads": torch.get_num_threads()})
+
+
+# ---- profile -------------------------------------------------------------------------------
+def profile_train_step(preset: str, *, batch: int, steps: int, top: int = 15) -> dict:
+    """The operators a training step spends its CPU time in (self time, share of the total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = preset_config(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model, method = build_model(cfg), build_method(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch, *cfg.data.shape) * 2 - 1, torch.arange(batch) % cfg.data.num_classes
+    train_steps(method, model, opt, x, y, 2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_steps(method, model, opt, x, y, steps, first=2)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"preset": preset, "batch": batch, "steps": steps, "self_cpu_ms_per_step": total / 1e3 / steps,
+            "top_ops": [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                         "share": e.self_cpu_time_total / total} for e in ops]}
+
+
+# ---- the command ---------------------------------------------------------------------------
+def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, rounds: int) -> dict:
     cfg = preset_config(preset, batch_size=batch)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -55,11 +214,55 @@ def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int) -> 
     t0 = time.perf_counter()
     res = method.sample(model, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
     sample_s = time.perf_counter() - t0
-    return {"preset": preset, "params": count_parameters(model), "batch": batch, "timed_steps": steps,
-            "train_step_s": train_s, "train_images_per_s": batch / train_s,
-            "train_gflop_per_image": flops / batch / 1e9, "train_gflop_per_s": flops / train_s / 1e9,
-            "sample_nfe": res.nfe, "sample_images_per_s": sample_n / sample_s,
-            "sample_forward_images_per_s": sample_n * res.nfe / sample_s}
+    row = {"preset": preset, "method": cfg.method.name, "params": count_parameters(model), "batch": batch,
+           "timed_steps": steps, "train_step_s": train_s, "train_images_per_s": batch / train_s,
+           "train_gflop_per_image": flops / batch / 1e9, "train_gflop_per_s": flops / train_s / 1e9,
+           "sample_nfe": res.nfe, "sample_images_per_s": sample_n / sample_s,
+           "sample_forward_images_per_s": sample_n * res.nfe / sample_s}
+    model.train()
+    row["peer"] = peer_rows(cfg, model, method, x, y, rounds=rounds, steps=steps, sample_batch=sample_n)
+    return row
+
+
+def run_speed(args) -> Path:
+    tiny = args.tiny
+    presets = args.presets or (["fmnist-base-xs", "fmnist-dfm-xs"] if tiny else list(PRESETS))
+    steps = args.steps or (2 if tiny else 10)
+    batch, sample_n, nfe = (8, 8, 2) if tiny else (64, 100, 20)
+    peak = matmul_gflops(512 if tiny else 1024, 0.3 if tiny else 3.0)
+    rows = []
+    for p in presets:
+        r = measure(p, steps=steps, batch=batch, sample_n=sample_n, nfe=nfe, rounds=2 if tiny else 5)
+        r["share_of_matmul_peak"] = r["train_gflop_per_s"] / peak
+        r["memory"] = {phase: {"batch": batch if phase == "train" else sample_n,
+                               **peak_memory(p, phase, batch=batch if phase == "train" else sample_n,
+                                             steps=steps, nfe=nfe)} for phase in ("train", "sample")}
+        rows.append(r)
+        peer = r["peer"]
+        vs = (f"; vs diffusers DiT: train step {peer['train_ratio']:.2f}x, forward {peer['forward_ratio']:.2f}x"
+              if "train_ratio" in peer else f"; peer skipped: {peer['skipped']}")
+        print(f"{p}: train {r['train_images_per_s']:.1f} img/s ({r['train_gflop_per_s']:.1f} GFLOP/s, "
+              f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak); sample {r['sample_images_per_s']:.1f} img/s "
+              f"at {r['sample_nfe']} NFE; peak memory train {r['memory']['train']['peak_rss_mb']:.0f} MB, sample "
+              f"{r['memory']['sample']['peak_rss_mb']:.0f} MB{vs}", flush=True)
+    data_s = data_seconds_per_batch(batch, getattr(args, "data_dir", None), tiny)
+    for r in rows:
+        r["data_share_of_step"] = data_s / r["train_step_s"]
+    print(f"data loading: {1e3 * data_s:.2f} ms per batch of {batch} "
+          f"({100 * max(r['data_share_of_step'] for r in rows):.2f}% of a training step at most)")
+    header = result_header(args.seed)
+    result = {**header, "benchmark": "speed", "matmul_fp32_gflop_per_s": peak, "data_s_per_batch": data_s,
+              "torch_threads": torch.get_num_threads(), "results": rows}
+    path = write_result(result, Path(args.out_dir) / ("speed_tiny.json" if tiny else "speed.json"))
+    if getattr(args, "profile", False):
+        prof = [profile_train_step(p, batch=batch, steps=steps) for p in presets]
+        ppath = write_result({**header, "benchmark": "speed-profile", "profiles": prof},
+                             path.with_name(path.stem + "_profile.json"))
+        for p in prof:
+            print(f"{p['preset']}: " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in p["top_ops"][:6]))
+        print(f"wrote {ppath}")
+    print(f"matmul fp32 peak {peak:.1f} GFLOP/s; wrote {path}")
+    return path
 
 
 def data_seconds_per_batch(batch: int, data_dir=None, tiny: bool = False) -> float:
@@ -78,29 +281,3 @@ def data_seconds_per_batch(batch: int, data_dir=None, tiny: bool = False) -> flo
         idx = order.indices(k)
         to_model_range(data.images[idx]), data.labels[idx]
     return (time.perf_counter() - t0) / reps
-
-
-def run_speed(args) -> Path:
-    presets = args.presets or ["fmnist-base-xs", "fmnist-base-s"]
-    steps = args.steps or (2 if args.tiny else 10)
-    peak = matmul_gflops(512 if args.tiny else 1024, 0.3 if args.tiny else 3.0)
-    rows = []
-    for p in presets:
-        r = measure(p, steps=steps, batch=8 if args.tiny else 64, sample_n=8 if args.tiny else 100,
-                    nfe=2 if args.tiny else 20)
-        r["share_of_matmul_peak"] = r["train_gflop_per_s"] / peak
-        rows.append(r)
-        print(f"{p}: train {r['train_images_per_s']:.1f} img/s ({r['train_gflop_per_s']:.1f} GFLOP/s, "
-              f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak); sample {r['sample_images_per_s']:.1f} img/s "
-              f"at {r['sample_nfe']} NFE")
-    batch = 8 if args.tiny else 64
-    data_s = data_seconds_per_batch(batch, getattr(args, "data_dir", None), args.tiny)
-    for r in rows:
-        r["data_share_of_step"] = data_s / r["train_step_s"]
-    print(f"data loading: {1e3 * data_s:.2f} ms per batch of {batch} "
-          f"({100 * max(r['data_share_of_step'] for r in rows):.2f}% of a training step at most)")
-    result = {**result_header(args.seed), "benchmark": "speed", "matmul_fp32_gflop_per_s": peak,
-              "data_s_per_batch": data_s, "results": rows}
-    path = write_result(result, Path(args.out_dir) / ("speed_tiny.json" if args.tiny else "speed.json"))
-    print(f"matmul fp32 peak {peak:.1f} GFLOP/s; wrote {path}")
-    return path
