@@ -215,6 +215,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.999
     bf16: bool = False
+    # torch.compile the model for training (inductor; a compile of about a minute first, then a faster
+    # step on larger models). Its numerics differ from eager at float rounding, so a run keeps it on resume.
+    compile: bool = False
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10

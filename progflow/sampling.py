@@ -108,9 +108,10 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
                cfg_scale: float | None = None, cfg_interval=None, batch_size: int = 250, step: int | None = None,
                ema: bool = True, previews: bool = False, progress: bool = True, device: str = "cpu",
                solver: str | None = None, shift: float | None = None, rtol: float | None = None,
-               atol: float | None = None) -> dict:
+               atol: float | None = None, compile: bool = False) -> dict:
     """Sample a run to ``out`` (default ``RUN_DIR/samples.npz``); returns a summary dict.
-    ``rtol`` / ``atol`` configure an adaptive solver (dopri5), which takes no ``nfe``."""
+    ``rtol`` / ``atol`` configure an adaptive solver (dopri5), which takes no ``nfe``.
+    ``compile`` samples through ``torch.compile(model)`` (equal to eager up to float rounding)."""
     from progflow.solvers import get_solver
 
     check_sampling_args(n=n, nfe=nfe, cfg_scale=cfg_scale, cfg_interval=cfg_interval, shift=shift,
@@ -125,7 +126,7 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
         raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")
     if not spec.adaptive and (cfg.method.nfe if nfe is None else nfe) < spec.min_nfe:
         raise ProgflowError(f"solver {spec.name} needs at least {spec.min_nfe} NFE; got {nfe}")
-    images, labels, used, strips = generate(cfg, model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
+    images, labels, used, strips = generate(cfg, torch.compile(model) if compile else model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
                                             cfg_interval=cfg_interval, batch_size=batch_size, previews=previews,
                                             progress=progress, device=device, solver=spec, shift=shift)
     out.parent.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing

@@ -385,6 +385,8 @@ def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overw
     # a model whose steps leave some parameters unused (a cascade trains one of its two networks per step)
     ddp = {"find_unused_parameters": True} if getattr(model, "idle_parameters", False) else {}
     net = torch.nn.parallel.DistributedDataParallel(model, **ddp) if env.world > 1 else model
+    if cfg.compile:  # the loss calls the compiled module; checkpoints keep saving `model`'s own weights
+        net = torch.compile(net)
     if env.main:  # the first write into the run
         if overwrite:
             clear_run(out)
