@@ -49,6 +49,8 @@ def add_bench_arguments(p) -> None:
                    "solver (solvers_learned.json); add --solvers ba ba1 for their rows")
     p.add_argument("--fit-steps", type=int, help="solvers --learned: fitting steps per SideNet (default 150)")
     p.add_argument("--sidenet-width", type=int, help="solvers --learned: SideNet width (default 32)")
+    p.add_argument("--compile", action="store_true",
+                   help="speed: also time training and sampling through torch.compile, compile time included")
     p.add_argument("--profile", action="store_true",
                    help="speed: also profile a training step per preset by operator (speed_profile.json)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (used by the tests)")

@@ -13,6 +13,9 @@ Per preset (default: base and DFM at ``xs`` and ``s``):
   The ratios are medians over rounds; a ratio below 1 means progflow is faster;
 * **memory**: the peak resident set of a fresh process that trains ``steps`` steps or
   samples one batch, and that peak above the same process idle with torch imported;
+* **compile** (``--compile``): the same training step and sampling through
+  ``torch.compile``, with the first call's time (the compile) and the training steps after
+  which the compile has paid for itself;
 * **profile** (``--profile``): where a training step's CPU time goes, by operator, from
   ``torch.profiler``, into ``speed_profile.json``.
 """
@@ -195,6 +198,33 @@ def profile_train_step(preset: str, *, batch: int, steps: int, top: int = 15) ->
                          "share": e.self_cpu_time_total / total} for e in ops]}
 
 
+def compiled_row(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, eager: dict) -> dict:
+    """``torch.compile`` against eager on the same preset: the first training step and the
+    first sampling call (compile included), then the timed steps and sampling."""
+    cfg = preset_config(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model, method = build_model(cfg), build_method(cfg)
+    net = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch, *cfg.data.shape) * 2 - 1, torch.arange(batch) % cfg.data.num_classes
+    train_compile_s = train_steps(method, net, opt, x, y, 1)
+    train_steps(method, net, opt, x, y, 1, first=1)
+    train_s = train_steps(method, net, opt, x, y, steps, first=2)
+    model.eval()
+    ys = torch.arange(sample_n) % cfg.data.num_classes
+    t0 = time.perf_counter()
+    method.sample(net, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+    sample_first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    method.sample(net, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+    sample_s = time.perf_counter() - t0
+    return {"train_first_step_s": train_compile_s, "train_step_s": train_s, "train_images_per_s": batch / train_s,
+            "train_speedup": eager["train_step_s"] / train_s, "sample_first_call_s": sample_first_s,
+            "sample_images_per_s": sample_n / sample_s,
+            "sample_speedup": sample_n / sample_s / eager["sample_images_per_s"],
+            "break_even_train_steps": (train_compile_s - train_s) / max(eager["train_step_s"] - train_s, 1e-9)}
+
+
 # ---- the command ---------------------------------------------------------------------------
 def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, rounds: int) -> dict:
     cfg = preset_config(preset, batch_size=batch)
@@ -234,6 +264,8 @@ def run_speed(args) -> Path:
     for p in presets:
         r = measure(p, steps=steps, batch=batch, sample_n=sample_n, nfe=nfe, rounds=2 if tiny else 5)
         r["share_of_matmul_peak"] = r["train_gflop_per_s"] / peak
+        if getattr(args, "compile", False):
+            r["compiled"] = compiled_row(p, steps=steps, batch=batch, sample_n=sample_n, nfe=nfe, eager=r)
         r["memory"] = {phase: {"batch": batch if phase == "train" else sample_n,
                                **peak_memory(p, phase, batch=batch if phase == "train" else sample_n,
                                              steps=steps, nfe=nfe)} for phase in ("train", "sample")}
@@ -241,6 +273,10 @@ def run_speed(args) -> Path:
         peer = r["peer"]
         vs = (f"; vs diffusers DiT: train step {peer['train_ratio']:.2f}x, forward {peer['forward_ratio']:.2f}x"
               if "train_ratio" in peer else f"; peer skipped: {peer['skipped']}")
+        if "compiled" in r:
+            c = r["compiled"]
+            vs += (f"; compiled: train {c['train_speedup']:.2f}x (first step {c['train_first_step_s']:.0f} s), "
+                   f"sample {c['sample_speedup']:.2f}x (first call {c['sample_first_call_s']:.0f} s)")
         print(f"{p}: train {r['train_images_per_s']:.1f} img/s ({r['train_gflop_per_s']:.1f} GFLOP/s, "
               f"{100 * r['share_of_matmul_peak']:.0f}% of matmul peak); sample {r['sample_images_per_s']:.1f} img/s "
               f"at {r['sample_nfe']} NFE; peak memory train {r['memory']['train']['peak_rss_mb']:.0f} MB, sample "
