@@ -30,9 +30,15 @@ def speed_table() -> str:
                      "interleaved with progflow's model (median ratio over rounds; below 1 = progflow faster): "
                      "the training step and one forward pass of the sampling batch. Peak memory: a fresh process "
                      "training (batch 64) or sampling (batch 100).")
+    fast = any("bf16" in x or "compiled" in x for x in r["results"])
+    if fast:
+        lines[0] += (" Speed-ups against the float32 eager row: bfloat16 autocast (`TrainConfig.bf16`, `sample "
+                     "--bf16`) and `torch.compile` (`--compile`; in brackets the first training step and the first "
+                     "sampling call, which include the compile).")
     lines += ["", "| preset | params | train img/s | train GFLOP/s | share of matmul peak | sample img/s (NFE) |"
-              + (" train step / diffusers | forward / diffusers | peak MB train / sample |" if peer else ""),
-              "|---" * (6 + 3 * peer) + "|"]
+              + (" train step / diffusers | forward / diffusers | peak MB train / sample |" if peer else "")
+              + (" bf16 speed-up train / sample | compile speed-up train / sample |" if fast else ""),
+              "|---" * (6 + 3 * peer + 2 * fast) + "|"]
     for x in r["results"]:
         row = (f"| {x['preset']} | {x['params'] / 1e6:.2f}M | {x['train_images_per_s']:.1f} | "
                f"{x['train_gflop_per_s']:.1f} | {100 * x['share_of_matmul_peak']:.0f}% | "
@@ -42,6 +48,11 @@ def speed_table() -> str:
             mem = x.get("memory")
             row += (f" {p['train_ratio']:.2f}x | {p['forward_ratio']:.2f}x |" if "train_ratio" in p else " - | - |")
             row += f" {mem['train']['peak_rss_mb']:.0f} / {mem['sample']['peak_rss_mb']:.0f} |" if mem else " - |"
+        if fast:
+            b, c = x.get("bf16"), x.get("compiled")
+            row += (f" {b['train_speedup']:.2f}x / {b['sample_speedup']:.2f}x |" if b else " - |")
+            row += (f" {c['train_speedup']:.2f}x / {c['sample_speedup']:.2f}x ({c['train_first_step_s']:.0f} s, "
+                    f"{c['sample_first_call_s']:.0f} s) |" if c else " - |")
         lines.append(row)
     return "\n".join(lines)
 

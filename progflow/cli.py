@@ -93,7 +93,7 @@ def cmd_sample(args) -> None:
                          cfg_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
                          batch_size=args.batch_size, step=args.step, ema=not args.raw, previews=args.previews,
                          progress=not args.no_progress, device=args.device, solver=args.solver, shift=args.shift,
-                         rtol=args.rtol, atol=args.atol, compile=args.compile)
+                         rtol=args.rtol, atol=args.atol, compile=args.compile, bf16=args.bf16)
     print(json.dumps(summary, indent=2))
 
 
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--compile", action="store_true", help="sample through torch.compile(model): a compile first "
                    "(about a minute on CPU), then faster batches; equal to eager up to float rounding")
+    s.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast: about 2x faster "
+                   "at size s on CPUs with AVX512-BF16 (slower at xs); close to float32, not equal (docs/speed.md)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sample)
 

@@ -23,6 +23,7 @@ def test_speed_benchmark_writes_json(tmp_path):
         peer = x["peer"]
         assert peer["train_step_s"] > 0 and peer["forward_s"] > 0
         assert peer["train_ratio"] > 0 and peer["forward_ratio"] > 0
+        assert x["bf16"]["train_speedup"] > 0 and x["bf16"]["sample_images_per_s"] > 0
     # DFM's training pass costs about what base's does (+0.5% FLOPs at s)
     assert 0.9 < rows["fmnist-dfm-xs"]["train_gflop_per_image"] / rows["fmnist-base-xs"]["train_gflop_per_image"] < 1.2
     prof = json.loads((tmp_path / "speed_tiny_profile.json").read_text())["profiles"]

@@ -13,6 +13,7 @@ Per preset (default: base and DFM at ``xs`` and ``s``):
   The ratios are medians over rounds; a ratio below 1 means progflow is faster;
 * **memory**: the peak resident set of a fresh process that trains ``steps`` steps or
   samples one batch, and that peak above the same process idle with torch imported;
+* **bf16**: the same training step and sampling under bfloat16 autocast;
 * **compile** (``--compile``): the same training step and sampling through
   ``torch.compile``, with the first call's time (the compile) and the training steps after
   which the compile has paid for itself;
@@ -198,6 +199,23 @@ def profile_train_step(preset: str, *, batch: int, steps: int, top: int = 15) ->
                          "share": e.self_cpu_time_total / total} for e in ops]}
 
 
+def bf16_row(method, model, opt, x, y, ys, *, steps: int, nfe: int, eager: dict) -> dict:
+    """The same training step and sampling under bfloat16 autocast (``TrainConfig.bf16``,
+    ``progflow sample --bf16``): fast where the CPU multiplies bfloat16 natively (AVX512-BF16,
+    AMX), slower where autocast only adds casts."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()
+        train_steps(method, model, opt, x, y, 1)
+        train_s = train_steps(method, model, opt, x, y, steps, first=1)
+        model.eval()
+        method.sample(model, ys[:4], generator=generator(0), nfe=2)
+        t0 = time.perf_counter()
+        method.sample(model, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+        sample_s = time.perf_counter() - t0
+    return {"train_step_s": train_s, "train_speedup": eager["train_step_s"] / train_s,
+            "sample_images_per_s": len(ys) / sample_s, "sample_speedup": len(ys) / sample_s / eager["sample_images_per_s"]}
+
+
 def compiled_row(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, eager: dict) -> dict:
     """``torch.compile`` against eager on the same preset: the first training step and the
     first sampling call (compile included), then the timed steps and sampling."""
@@ -249,6 +267,7 @@ def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, rou
            "train_gflop_per_image": flops / batch / 1e9, "train_gflop_per_s": flops / train_s / 1e9,
            "sample_nfe": res.nfe, "sample_images_per_s": sample_n / sample_s,
            "sample_forward_images_per_s": sample_n * res.nfe / sample_s}
+    row["bf16"] = bf16_row(method, model, opt, x, y, ys, steps=steps, nfe=nfe, eager=row)
     model.train()
     row["peer"] = peer_rows(cfg, model, method, x, y, rounds=rounds, steps=steps, sample_batch=sample_n)
     return row
@@ -273,6 +292,7 @@ def run_speed(args) -> Path:
         peer = r["peer"]
         vs = (f"; vs diffusers DiT: train step {peer['train_ratio']:.2f}x, forward {peer['forward_ratio']:.2f}x"
               if "train_ratio" in peer else f"; peer skipped: {peer['skipped']}")
+        vs += f"; bf16: train {r['bf16']['train_speedup']:.2f}x, sample {r['bf16']['sample_speedup']:.2f}x"
         if "compiled" in r:
             c = r["compiled"]
             vs += (f"; compiled: train {c['train_speedup']:.2f}x (first step {c['train_first_step_s']:.0f} s), "
