@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from progflow.bench.common import result_header, write_result
+from progflow.bench.plots import solvers_plots
 from progflow.errors import ConfigError, ProgflowError
 
 NFES = (3, 4, 5, 6, 8, 10, 15, 20, 40, 100)
@@ -90,11 +91,11 @@ def _arm_run(arm: str, args, s: dict) -> Path:
 
     spec, tiny, seed = ARMS[arm], args.tiny, args.seed
     if "quality_arm" in spec:
-        from progflow.bench import quality
+        from progflow.bench import arms
 
-        qs = {**quality._settings(args), "steps": s["steps"], "eval_every": max(1, s["steps"] // 5)}
-        pattern, over = quality.ARMS[spec["quality_arm"]]
-        cfg = quality._config(pattern, over, seed, qs, tiny)
+        qs = {**arms._settings(args), "steps": s["steps"], "eval_every": max(1, s["steps"] // 5)}
+        pattern, over = arms.ARMS[spec["quality_arm"]]
+        cfg = arms._config(pattern, over, seed, qs, tiny)
         run = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality") / f"{spec['quality_arm']}-seed{seed}"
         if run.exists():  # the quality benchmark's run: only read, it may be training it right now
             if _latest_step(run) < s["steps"]:
@@ -272,53 +273,6 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
-def _plot(runs: list[dict], stem: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install progflow[plot]); no plots written")
-        return []
-    names = sorted({e["solver"] for r in runs for e in r["endpoint"]})
-    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
-    written = []
-    for what, ylabel in (("error", "endpoint RMS vs dopri5 (log)"), ("fd", "FD (classifier features)")):
-        fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 4), squeeze=False)
-        for ax, r in zip(axes[0], runs):
-            for n in names:
-                if what == "error":
-                    best = r["best_shift"].get(n, {})
-                    for style, pick in (("-", lambda e: e["shift"] == best.get(str(e["nfe"]))),
-                                        (":", lambda e: e["shift"] == 1.0)):
-                        pts = sorted((e["nfe"], e["rms"]) for e in r["endpoint"] if e["solver"] == n and pick(e))
-                        if pts:
-                            ax.plot(*zip(*pts), style, marker="o", ms=3, color=colors[n],
-                                    label=n if style == "-" else None)
-                else:
-                    pts = sorted((f["nfe"], f["fd"]) for f in r["fd"] if f["solver"] == n)
-                    if pts:
-                        ax.plot(*zip(*pts), "-", marker="o", ms=3, color=colors[n], label=n)
-            ax.set_xscale("log")
-            ticks = sorted({e["nfe"] for e in r["endpoint"]})
-            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
-            ax.minorticks_off()
-            if what == "error":
-                ax.set_yscale("log")
-            ax.set_xlabel("NFE")
-            ax.set_ylabel(ylabel)
-            note = "solid: best shift, dotted: uniform" if what == "error" else "at the best shift"
-            ax.set_title(f"{r['arm']} ({r['preset']}, {r['train_steps']} steps)\n{note}", fontsize=8)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = stem.with_name(f"{stem.name}_{what}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 def run_solvers(args) -> Path:
     from progflow.eval import get_extractor, reference_stats
     from progflow.solvers import get_solver
@@ -362,7 +316,7 @@ def run_solvers(args) -> Path:
             learned_part(args, arm, run, profile, s)
         runs.append(_measure_run(arm, run, profile, s, names if active else [], extractor, ref_feats))
         write_result({**header, "runs": runs, "summary": _summary(runs)}, out)
-    plots = _plot(runs, out.with_suffix(""))
+    plots = solvers_plots(runs, out.with_suffix(""))
     print(json.dumps(_summary(runs), indent=1))
     print(f"wrote {out}" + "".join(f" and {p}" for p in plots))
     return out
