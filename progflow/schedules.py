@@ -122,17 +122,25 @@ def dfm_active(stage_steps) -> torch.Tensor:
 
 def split_steps(total: int, weights) -> tuple[int, ...]:
     """Split ``total`` steps over phases in proportion to ``weights`` (largest remainder),
-    at least one step each. ``split_steps(40, (3, 1)) == (30, 10)``."""
+    at least one step each, and at least two each when ``total`` allows it.
+    ``split_steps(40, (3, 1)) == (30, 10)``, ``split_steps(5, (3, 1)) == (3, 2)``.
+
+    Why two: a phase enters its stage (or scale) from pure noise at ``t = 0``, where a
+    model trained with logit-normal times has seen almost no examples; its velocity there
+    is poor (a trained 2-stage DFM overshoots the noise by half), and a single step takes
+    it at face value all the way to ``t = 1``: with ``(4, 1)`` at 5 NFE that DFM's samples
+    land 0.73 RMS from the 100-step ones, with ``(3, 2)`` 0.12."""
     w = [float(x) for x in weights]
     n = len(w)
     if total < n:
         raise ValueError(f"{total} steps cannot cover {n} phases (at least one step each)")
+    least = 2 if total >= 2 * n else 1
     exact = [total * x / sum(w) for x in w]
-    out = [max(1, int(e)) for e in exact]
+    out = [max(least, int(e)) for e in exact]
     by_remainder = sorted(range(n), key=lambda i: (-(exact[i] - int(exact[i])), i))
     for i in by_remainder[: max(total - sum(out), 0)]:
         out[i] += 1
-    while sum(out) > total:  # the minimum of one step overshot: take from the largest
+    while sum(out) > total:  # the minimum per phase overshot: take from the largest
         out[max(range(n), key=lambda i: (out[i], -i))] -= 1
     return tuple(out)
 
