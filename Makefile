@@ -29,8 +29,9 @@ data-emoji: install
 demo-emoji: install data-emoji
 	$(VENV)/bin/progflow demo --dataset emoji
 
+# one test file per worker, up to 4 workers, one thread each (the CLI tests' subprocesses use one too)
 test: install data
-	$(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 
 bench-speed: install data
 	$(VENV)/bin/progflow bench speed
