@@ -434,6 +434,9 @@ def test_learned_solver_benchmark_tiny(tmp_path):
     assert learned["timing"]["cfg2"]["sidenet_per_interval_ms"] > 0
     assert {"ba", "ba1", "euler", "rk4"} <= {r["solver"] for r in learned["round_trip"]}
     assert not {"ab2", "dpmpp2m"} & {r["solver"] for r in learned["round_trip"]}
-    rows = json.loads((out / "solvers_tiny.json").read_text())["runs"][0]["endpoint"]
-    assert {"ba", "ba1"} <= {r["solver"] for r in rows}
+    measured = json.loads((out / "solvers_tiny.json").read_text())["runs"][0]
+    assert {"ba", "ba1"} <= {r["solver"] for r in measured["endpoint"]}
+    from progflow.solvers import solver_names
+
+    assert set(measured["best_shift"]) <= set(solver_names())  # learned.json beside them is no solver
     assert (Path(learned["run"]) / "solver" / "solver.json").exists()

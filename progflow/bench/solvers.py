@@ -223,7 +223,10 @@ def _measure_run(arm, run: Path, profile: str, s, chosen, extractor, ref_feats) 
 
     cfg, model, path = load_run(run)
     cache = run / "bench_solvers"
-    cached = sorted(p.stem for p in cache.glob("*.json") if not p.stem.startswith("reference")) if cache.exists() else []
+    from progflow.solvers import solver_names
+
+    # the solvers measured here before (the folder also holds the reference and --learned's cache)
+    cached = sorted(p.stem for p in cache.glob("*.json") if p.stem in solver_names()) if cache.exists() else []
     wanted = [n for n in dict.fromkeys([*SOLVERS, *chosen, *cached])
               if profile == "full" or n in HEADLINE_SOLVERS or n not in SOLVERS]
     print(f"[{arm}] {run} ({cfg.preset}, step {_latest_step(run)}): {', '.join(wanted)}", flush=True)
