@@ -142,7 +142,10 @@ def solvers_table() -> str:
              f"error = RMS distance (per sample, pixels in [-1, 1]) to the end point of dopri5 from the same noise, "
              f"mean over {s['n_err']} samples; each solver at its best grid shift of "
              f"{', '.join(f'{x:g}' for x in s['shifts'])} (in brackets, `s1` = uniform); FD of {s['n_fd']} samples "
-             f"at that shift; guidance scale {s['cfg']:g}. References: "
+             f"at that shift"
+             + (f", at {max(s['fd_nfes'])} NFE for {', '.join(s['fd_top_solvers'])} only (there every solver lands "
+                "within about 0.01 RMS of dopri5)" if s.get("fd_top_solvers") else "")
+             + f"; guidance scale {s['cfg']:g}. References: "
              + "; ".join(f"{arm} dopri5 rtol = atol = {x['rtol']:g}, {x['nfe']:.0f} NFE" for arm, x in ref.items())
              + "."]
     for run in r["runs"]:
@@ -168,11 +171,11 @@ def solvers_table() -> str:
     missing_arms = [a for a in ARMS if a not in measured]
     missing = sorted({n for got in measured.values() for n in SOLVERS if n not in got})
     if missing_arms or missing:  # a file written while the benchmark was still running
-        lines += ["", "**Partial result**: the file was written before the benchmark finished"
-                  + (f"; arms not measured yet: {', '.join(missing_arms)}" if missing_arms else "")
-                  + (f"; classical solvers not measured yet: {', '.join(missing)}" if missing else "")
-                  + "; the BA-solver rows come from `--solvers ba ba1` and are not in it yet." * (
-                      not any({"ba", "ba1"} & got for got in measured.values()))]
+        lines += ["", "**Partial result**, not measured"
+                  + (f": the arms {', '.join(missing_arms)}" if missing_arms else "")
+                  + (f"; classical solvers: {', '.join(missing)}" if missing else "")
+                  + "; the BA-solver rows (they come from `--solvers ba ba1`)" * (
+                      not any({"ba", "ba1"} & got for got in measured.values())) + "."]
     plots = [f"`benchmarks/results/{name}` ({what})" for name, what in (
         ("solvers_error.png", "endpoint error vs NFE, best shift and uniform"), ("solvers_fd.png", "FD vs NFE"))
         if (RESULTS / name).exists()]
