@@ -261,7 +261,13 @@ def _compiled_row(preset: str, *, steps: int, batch: int, sample_n: int, nfe: in
             "train_speedup": eager["train_step_s"] / train_s, "sample_first_call_s": sample_first_s,
             "sample_images_per_s": sample_n / sample_s,
             "sample_speedup": sample_n / sample_s / eager["sample_images_per_s"],
-            "break_even_train_steps": (train_compile_s - train_s) / max(eager["train_step_s"] - train_s, 1e-9)}
+            "break_even_train_steps": break_even(train_compile_s, train_s, eager["train_step_s"])}
+
+
+def break_even(first_s: float, step_s: float, eager_step_s: float) -> float | None:
+    """Training steps after which the compile has paid for itself; None when the compiled
+    step is not faster (it never does)."""
+    return (first_s - step_s) / (eager_step_s - step_s) if step_s < eager_step_s else None
 
 
 # ---- the command ---------------------------------------------------------------------------
