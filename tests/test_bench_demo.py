@@ -132,6 +132,10 @@ def test_demo_trains_samples_and_scores(tmp_path, quick_classifier_cache):
     scores = json.loads((out / "scores.json").read_text())
     assert scores["n"] == 20 and scores["fd"] > 0 and 0 <= scores["class_accuracy"] <= 1
     assert {"command", "machine", "date", "seed"} <= scores.keys() and scores["command"].startswith("progflow demo")
+    from progflow.hardware import native_bf16
+
+    # the precision: bf16 where the machine multiplies it natively, the same in the run's config
+    assert scores["bf16"] is native_bf16() is json.loads((out / "config.json").read_text())["bf16"]
     assert set(scores["wall_minutes"]) == {"total", "training", "classifier", "sampling"}
     assert (out / "samples.png").exists()
     p = run_cli("eval", out / "samples.npz", env=env, check=0)

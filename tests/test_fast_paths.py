@@ -60,3 +60,28 @@ def test_bf16_sampling_is_close_to_float32_and_really_bf16(tmp_path):
     assert b16.dtype == torch.float32 and torch.isfinite(b16).all()  # the state stays float32
     err = (b16 - f32).pow(2).mean().sqrt()
     assert 1e-5 < err < 2e-2  # the network really ran in bfloat16 (float32 repeats itself exactly), and close
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+    from progflow.hardware import native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 fma\n")
+    assert native_bf16("cpu", cpuinfo=str(info))
+    info.write_text("processor : 0\nflags : fpu sse avx2 avx512f fma\n")  # AVX-512 without its bf16 part
+    assert not native_bf16("cpu", cpuinfo=str(info))
+    assert not native_bf16("cpu", cpuinfo=str(tmp_path / "missing"))
+
+
+def test_demo_precision_follows_the_choice_then_the_run_then_the_machine(tmp_path, monkeypatch):
+    from progflow import demo, hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": True)
+    assert demo._precision(tmp_path, None, "fashion-mnist") is True  # a new run on a native-bf16 machine
+    assert demo._precision(tmp_path, None, "emoji") is False  # its xs model trains slower under bf16
+    assert demo._precision(tmp_path, False, "fashion-mnist") is False  # the user's choice wins
+    (tmp_path / "config.json").write_text(json.dumps({"bf16": False}))
+    assert demo._precision(tmp_path, None, "fashion-mnist") is False  # a resume keeps the run's precision
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": False)
+    (tmp_path / "config.json").unlink()
+    assert demo._precision(tmp_path, None, "fashion-mnist") is False

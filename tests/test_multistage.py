@@ -97,7 +97,7 @@ def test_cascade_training_draws_the_level_and_sampling_fixes_it():
     seen.clear()
     res = method.sample(recorder, torch.zeros(3, dtype=torch.long), generator=torch.Generator().manual_seed(0),
                         previews=True)
-    assert res.nfe == 4 and [s for s, _, _ in seen] == [4, 4, 4, 8]  # 3 + 1 steps
+    assert res.nfe == 4 and [s for s, _, _ in seen] == [4, 4, 8, 8]  # 2 + 2 steps: two per phase when possible
     assert all(bool((aug == 0.15).all()) for _, cond, aug in seen if cond is not None)
     assert len(res.previews) == 2 and res.previews[0].shape == res.x.shape and torch.equal(res.previews[1], res.x)
 
