@@ -105,11 +105,11 @@ def exact_ba_spec(single: bool = False):
     return dataclasses.replace(spec, integrate=integrate, bind=None)
 
 
-def _endpoint_rms(cfg, model, spec, nfe: int, ref: torch.Tensor, s_sol: dict) -> float:
-    from progflow.bench.solvers import _end_points, _rms
+def _mean_endpoint_rms(cfg, model, spec, nfe: int, ref: torch.Tensor, s_sol: dict) -> float:
+    from progflow.bench.endpoints import end_points, endpoint_rms
 
-    x, _, _ = _end_points(cfg, model, spec, nfe, 1.0, len(ref), s_sol)
-    return float(_rms(x, ref).mean())
+    x, _, _ = end_points(cfg, model, spec, nfe, 1.0, len(ref), s_sol)
+    return float(endpoint_rms(x, ref).mean())
 
 
 def _sweep(run, cfg, model, method, s, s_sol, ref, width) -> list[dict]:
@@ -140,12 +140,12 @@ def _sweep(run, cfg, model, method, s, s_sol, ref, width) -> list[dict]:
                "heldout_loss": heldout_error(fit, cfg, method, model, net, test, batches=2 if s["n_trip"] < 64 else 8)}
         for name, spec in specs.items():
             for nfe in s["sweep_nfes"]:
-                row[f"{name}_rms_nfe{nfe}"] = _endpoint_rms(cfg, model, spec, nfe, ref, s_sol)
+                row[f"{name}_rms_nfe{nfe}"] = _mean_endpoint_rms(cfg, model, spec, nfe, ref, s_sol)
         rows.append(row)
         print(f"  sweep {row}", flush=True)
     exact = {"offset_scale": "exact (backbone RK4 in place of the SideNet)"}
     for nfe in s["sweep_nfes"]:  # bi-anchor only: about 35 backbone calls per interval
-        exact[f"ba_rms_nfe{nfe}"] = _endpoint_rms(cfg, model, exact_ba_spec(), nfe, ref, s_sol)
+        exact[f"ba_rms_nfe{nfe}"] = _mean_endpoint_rms(cfg, model, exact_ba_spec(), nfe, ref, s_sol)
     rows.append(exact)
     print(f"  sweep {exact}", flush=True)
     return rows
@@ -225,7 +225,7 @@ def _fit_cost(run: Path, cfg, fit_dir: Path, s: dict) -> dict:
 
 
 def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, width: int) -> dict:
-    from progflow.bench.solvers import _reference
+    from progflow.bench.endpoints import reference_end_points
     from progflow.methods import build_method
     from progflow.sampling import load_run
     from progflow.solvers import get_solver
@@ -238,7 +238,7 @@ def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, wid
         print(f"[{arm}] learned: cached in {cache}", flush=True)
         return saved["result"]
     print(f"[{arm}] learned measurements on {run}", flush=True)
-    ref, _ = _reference(run, cfg, model, s_sol, profile, run / "bench_solvers")
+    ref, _ = reference_end_points(run, cfg, model, s_sol, profile, run / "bench_solvers")
     sweep = _sweep(run, cfg, model, method, s, s_sol, ref, width)
     fitted = [r for r in sweep if isinstance(r["offset_scale"], float) and r["offset_scale"] > 0]
     best = min(fitted, key=lambda r: r["ba_rms_nfe5"])["offset_scale"]

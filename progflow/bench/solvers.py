@@ -33,15 +33,14 @@ split the work by ``--arms`` and ``--solvers``; a call measuring everything coll
 
 from __future__ import annotations
 
-import fcntl
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from progflow.bench.common import result_header, write_result
+from progflow.bench.endpoints import end_points, latest_step, reference_end_points, endpoint_rms
 from progflow.bench.plots import solvers_plots
 from progflow.errors import ConfigError, ProgflowError
 
@@ -51,7 +50,7 @@ SHIFTS = (1.0, 2.0, 3.0)
 FD_TOP_SOLVERS = ("euler",)  # the only solvers scored at the largest FD NFE
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "ab2", "dpmpp2m")
 HEADLINE_SOLVERS = ("euler", "heun", "midpoint", "dpmpp2m")
-ERR_SEED, FD_SEED = 300, 200  # noise of the endpoint samples / of the FD samples (as bench quality's final)
+FD_SEED = 200  # noise of the FD samples (as bench quality's final); the endpoint samples': endpoints.ERR_SEED
 # arm -> where its run comes from and what is measured on it
 ARMS = {
     "base": {"quality_arm": "base", "profile": "full"},
@@ -77,13 +76,6 @@ def _settings(args) -> dict:
 
 
 # ---- runs ---------------------------------------------------------------------------------
-def _latest_step(run: Path) -> int:
-    from progflow import checkpoint as ckpt
-
-    found = ckpt.list_checkpoints(run / "ckpt")
-    return int(found[-1].name.split("_")[1]) if found else 0
-
-
 def _arm_run(arm: str, args, s: dict) -> Path:
     """The run directory of a default arm, trained here when it does not exist yet."""
     from progflow.presets import preset_config
@@ -91,15 +83,15 @@ def _arm_run(arm: str, args, s: dict) -> Path:
 
     spec, tiny, seed = ARMS[arm], args.tiny, args.seed
     if "quality_arm" in spec:
-        from progflow.bench import arms
+        from progflow.bench.arms import ARMS as QUALITY_ARMS, _config, _settings
 
-        qs = {**arms._settings(args), "steps": s["steps"], "eval_every": max(1, s["steps"] // 5)}
-        pattern, over = arms.ARMS[spec["quality_arm"]]
-        cfg = arms._config(pattern, over, seed, qs, tiny)
+        qs = {**_settings(args), "steps": s["steps"], "eval_every": max(1, s["steps"] // 5)}
+        pattern, over = QUALITY_ARMS[spec["quality_arm"]]
+        cfg = _config(pattern, over, seed, qs, tiny)
         run = Path(args.runs_dir) / ("bench-quality-tiny" if tiny else "bench-quality") / f"{spec['quality_arm']}-seed{seed}"
         if run.exists():  # the quality benchmark's run: only read, it may be training it right now
-            if _latest_step(run) < s["steps"]:
-                raise ProgflowError(f"{run} is not finished (step {_latest_step(run)} of {s['steps']}); let "
+            if latest_step(run) < s["steps"]:
+                raise ProgflowError(f"{run} is not finished (step {latest_step(run)} of {s['steps']}); let "
                                     "`progflow bench quality` finish it, or pass --steps to match it")
             return run
     else:
@@ -108,7 +100,7 @@ def _arm_run(arm: str, args, s: dict) -> Path:
             cfg = cfg.with_overrides({"data.dataset": "synthetic", "data.n": 64, "model.depth": 1, "steps": 4,
                                       "batch_size": 8, "sample_every": 0})
         run = Path(args.runs_dir) / ("bench-solvers-tiny" if tiny else "bench-solvers") / f"{arm}-seed{seed}"
-        if run.exists() and _latest_step(run) >= cfg.steps:
+        if run.exists() and latest_step(run) >= cfg.steps:
             return run
     print(f"[{arm}] training {cfg.steps} steps into {run}", flush=True)
     train(cfg, run, resume=run.exists(), progress=False)
@@ -116,62 +108,12 @@ def _arm_run(arm: str, args, s: dict) -> Path:
 
 
 # ---- measurements -------------------------------------------------------------------------
-def _end_points(cfg, model, spec, nfe, shift, n: int, s: dict):
-    """``n`` float samples (cropped, [-1, 1]) from the endpoint noise, NFE spent, seconds."""
-    from progflow.sampling import generate
-
-    t0 = time.perf_counter()
-    x, _, used, _ = generate(cfg, model, n=n, seed=ERR_SEED, nfe=nfe, cfg_scale=s["cfg"], batch_size=s["batch_size"],
-                             progress=False, solver=spec, shift=shift, raw=True)
-    return x, used, time.perf_counter() - t0
-
-
-def _rms(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
-    return (x.double() - ref.double()).pow(2).flatten(1).mean(1).sqrt().numpy()
-
-
-def _reference(run: Path, cfg, model, s: dict, profile: str, cache: Path) -> tuple[torch.Tensor, dict]:
-    """dopri5 end points at tight tolerance, computed once per run (a lock lets parallel
-    processes wait for the first one instead of computing it twice), and how far dopri5 at
-    10x the tolerance lands from them: the reference's own error is below that. (Same
-    samples, all of them: a method that draws its noise in several calls, like DFM per
-    phase, draws different noise for a smaller batch.)"""
-    from progflow.sampling import atomic_savez
-    from progflow.solvers import get_solver
-
-    tol = s["reference"][profile]
-    key = {"n": s["n_err"], "tol": tol, "cfg": s["cfg"], "seed": ERR_SEED, "step": _latest_step(run)}
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "reference.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        meta_path, check_path = cache / "reference.json", cache / "reference_check.json"
-        if meta_path.exists() and (meta := json.loads(meta_path.read_text()))["key"] == key:
-            with np.load(cache / "reference.npz", allow_pickle=False) as z:
-                x, info = torch.from_numpy(z["x"]), meta["info"]
-        else:
-            print(f"  reference: dopri5 rtol = atol = {tol:g} on {s['n_err']} samples", flush=True)
-            x, used, sec = _end_points(cfg, model, get_solver("dopri5", rtol=tol, atol=tol), None, 1.0, s["n_err"], s)
-            info = {"solver": "dopri5", "rtol": tol, "atol": tol, "nfe": used, "ms_per_image": 1e3 * sec / s["n_err"]}
-            atomic_savez(cache / "reference.npz", x=x.numpy())
-            write_result({"key": key, "info": info}, meta_path)
-            print(f"  reference: {used} NFE, {info['ms_per_image']:.0f} ms/image", flush=True)
-        if not (check_path.exists() and (check := json.loads(check_path.read_text()))["key"] == key):
-            loose, used, _ = _end_points(cfg, model, get_solver("dopri5", rtol=10 * tol, atol=10 * tol), None, 1.0,
-                                         s["n_err"], s)
-            check = {"key": key, "rms_of_10x_looser": float(_rms(loose, x).mean()), "nfe_10x_looser": used}
-            write_result(check, check_path)
-            print(f"  reference: dopri5 at 10x the tolerance ({used} NFE) lands {check['rms_of_10x_looser']:.2e} "
-                  "away", flush=True)
-        info = {k: v for k, v in info.items() if not k.startswith("rms_of_10x_looser_on")}  # (an earlier check)
-        return x, {**info, "rms_of_10x_looser": check["rms_of_10x_looser"], "nfe_10x_looser": check["nfe_10x_looser"]}
-
-
 def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats, cache: Path) -> dict:
     """Endpoint cells and FD points of one solver on one run, read from / added to its cache."""
     from progflow.bench.quality import _score
     from progflow.solvers import get_solver
 
-    key = {k: s[k] for k in ("n_err", "n_fd", "cfg")} | {"step": _latest_step(run), "reference": s["reference"][profile],
+    key = {k: s[k] for k in ("n_err", "n_fd", "cfg")} | {"step": latest_step(run), "reference": s["reference"][profile],
                                                           "features": str(extractor.name) if extractor else None}
     path = cache / f"{name}.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
@@ -185,12 +127,12 @@ def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats
             if cell in done["endpoint"]:
                 continue
             try:
-                x, used, sec = _end_points(cfg, model, spec, nfe, shift, s["n_err"], s)
+                x, used, sec = end_points(cfg, model, spec, nfe, shift, s["n_err"], s)
             except ConfigError:  # an NFE this solver cannot spend on this method (raised before sampling)
                 done["endpoint"].update({f"{nfe}|{sh}": None for sh in s["shifts"]})
                 write_result(done, path)
                 break
-            err = _rms(x, ref)
+            err = endpoint_rms(x, ref)
             done["endpoint"][cell] = {"solver": name, "nfe": used, "shift": shift, "rms": float(err.mean()),
                                       "rms_p90": float(np.quantile(err, 0.9)), "ms_per_image": 1e3 * sec / len(x),
                                       "options": spec.options}
@@ -229,11 +171,11 @@ def _measure_run(arm, run: Path, profile: str, s, chosen, extractor, ref_feats) 
     cached = sorted(p.stem for p in cache.glob("*.json") if p.stem in solver_names()) if cache.exists() else []
     wanted = [n for n in dict.fromkeys([*SOLVERS, *chosen, *cached])
               if profile == "full" or n in HEADLINE_SOLVERS or n not in SOLVERS]
-    print(f"[{arm}] {run} ({cfg.preset}, step {_latest_step(run)}): {', '.join(wanted)}", flush=True)
-    ref, ref_info = (_reference(run, cfg, model, s, profile, cache) if any(n in chosen for n in wanted)
+    print(f"[{arm}] {run} ({cfg.preset}, step {latest_step(run)}): {', '.join(wanted)}", flush=True)
+    ref, ref_info = (reference_end_points(run, cfg, model, s, profile, cache) if any(n in chosen for n in wanted)
                      else (None, None))
     out = {"arm": arm, "run": str(run), "checkpoint": str(path), "preset": cfg.preset, "method": cfg.method.name,
-           "train_steps": _latest_step(run), "profile": profile, "reference": ref_info, "endpoint": [], "fd": [],
+           "train_steps": latest_step(run), "profile": profile, "reference": ref_info, "endpoint": [], "fd": [],
            "best_shift": {}}
     for name in wanted:
         if name in chosen:

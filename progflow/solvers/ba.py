@@ -45,6 +45,7 @@ import torch
 
 from progflow.errors import ConfigError
 from progflow.solvers.ode import lin
+from progflow.solvers.spec import SolverSpec
 
 ALPHA = (5.0 - math.sqrt(5.0)) / 10.0  # 0.2763932...
 WEIGHTS = (1.0 / 12.0, 5.0 / 12.0, 5.0 / 12.0, 1.0 / 12.0)
@@ -180,8 +181,6 @@ NAMES = {"ba": False, "ba1": True}  # name -> single anchor
 def ba_spec(side: Side | None, single: bool = False, source: str = ""):
     """A :class:`~progflow.solvers.SolverSpec` integrating with ``side``; ``side=None``
     gives the registered placeholder whose integrate explains how to get a SideNet."""
-    from progflow.solvers import SolverSpec
-
     name = "ba1" if single else "ba"
     if side is None:
         def integrate(velocity, x, grid, callback=None):
@@ -233,7 +232,7 @@ def load_sidenet(solver_dir: Path, backbone: torch.nn.Module, ema: bool = True):
     """``(sidenet, record)`` from ``solver_dir`` (default ``RUN/solver``), EMA weights,
     refusing a SideNet fitted to other backbone weights."""
     from progflow import checkpoint as ckpt
-    from progflow.fit_solver import FitConfig, sidenet_for
+    from progflow.nn.sidenet import SideNetConfig, build_sidenet
 
     solver_dir = Path(solver_dir)
     record = read_solver_record(solver_dir)
@@ -245,10 +244,15 @@ def load_sidenet(solver_dir: Path, backbone: torch.nn.Module, ema: bool = True):
     found = ckpt.list_checkpoints(solver_dir / "ckpt")
     if not found:
         raise ConfigError(f"{solver_dir} has no SideNet checkpoint: run `progflow fit-solver {solver_dir.parent}`")
-    fit = FitConfig.from_dict(json.loads((solver_dir / "config.json").read_text()))
+    # the fit's config says the SideNet's size; only that part is read (the fitting settings
+    # belong to progflow.fit_solver, which sits above the solvers)
+    try:
+        size = SideNetConfig(**json.loads((solver_dir / "config.json").read_text())["sidenet"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{solver_dir / 'config.json'} is not a fit-solver config ({e})") from None
     part = "ema" if ema else "model"
     tensors, _ = ckpt.load_checkpoint(found[-1], parts=(part,))
-    net = sidenet_for(fit, record["stage_shapes"], record["num_classes"])
+    net = build_sidenet([tuple(s) for s in record["stage_shapes"]], record["num_classes"], size)
     ckpt.load_state_dict_checked(net, tensors[part], found[-1] / f"{part}.safetensors")
     p = next(backbone.parameters())
     return net.to(device=p.device).eval(), record
