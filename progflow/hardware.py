@@ -1,4 +1,5 @@
-"""What the machine can do fast, for defaults that depend on it (the demo's precision)."""
+"""What the machine can do fast, for defaults that depend on it (the demo's precision), and the
+bfloat16 autocast that training, sampling and the speed benchmark share."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ def native_bf16(device: str = "cpu", cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         pass
     return False
+
+
+def bf16_autocast(device: str = "cpu", enabled: bool = True) -> torch.autocast:
+    """bfloat16 autocast on ``device``'s kind (a no-op context when not ``enabled``): the
+    network runs in bf16, what is outside it (optimizer, solver state) stays float32."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)

@@ -19,6 +19,7 @@ from progflow.checks import check_device, check_out_dir, check_out_file, check_r
 from progflow.config import TrainConfig
 from progflow.data import center_crop, output_crop, save_grid_png, save_video, to_uint8
 from progflow.errors import CheckpointError, ProgflowError
+from progflow.hardware import bf16_autocast
 from progflow.methods import build_method
 from progflow.nn.dit import build_model
 from progflow.rng import generator
@@ -93,7 +94,7 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch",
                                    delay=1.0)):
         y = labels[start:start + batch_size].to(device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, enabled=bf16):
             res = method.sample(model, y, generator=generator(seed, 3, b), nfe=nfe, cfg_scale=cfg_scale,
                                 cfg_interval=cfg_interval, previews=previews, solver=solver, shift=shift)
         if bf16 and not torch.isfinite(res.x).all():
@@ -132,7 +133,8 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
         raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")
     if not spec.adaptive and (cfg.method.nfe if nfe is None else nfe) < spec.min_nfe:
         raise ProgflowError(f"solver {spec.name} needs at least {spec.min_nfe} NFE; got {nfe}")
-    images, labels, used, strips = generate(cfg, torch.compile(model) if compile else model, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
+    net = torch.compile(model) if compile else model
+    images, labels, used, strips = generate(cfg, net, n=n, seed=seed, nfe=nfe, cfg_scale=cfg_scale,
                                             cfg_interval=cfg_interval, batch_size=batch_size, previews=previews,
                                             progress=progress, device=device, solver=spec, shift=shift, bf16=bf16)
     out.parent.mkdir(parents=True, exist_ok=True)  # only now: bad input writes nothing

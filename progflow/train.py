@@ -30,6 +30,7 @@ from progflow.checks import check_device, check_out_dir, write_failure
 from progflow.config import TrainConfig
 from progflow.data import center_crop, load_dataset, save_grid_png, to_model_range, to_uint8
 from progflow.errors import CheckpointError, ProgflowError, TrainingDiverged
+from progflow.hardware import bf16_autocast
 from progflow.methods import build_method, method_class
 from progflow.nn.dit import build_model, count_parameters
 from progflow.rng import BatchRandom, derive_seed, generator
@@ -397,7 +398,7 @@ def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overw
     local = cfg.batch_size // env.world
     rows = slice(env.rank * local, (env.rank + 1) * local)
     images, labels = data.images, data.labels
-    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = bf16_autocast(cfg.device, enabled=cfg.bf16)
 
     def objective(step: int):
         idx = order.indices(step)[rows]

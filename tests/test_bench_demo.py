@@ -48,7 +48,7 @@ def test_speed_peer_is_diffusers_dit_at_our_shape_or_skipped(monkeypatch):
     assert 1.0 < count_parameters(peer) / count_parameters(build_model(cfg)) < 1.2
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # as if not installed
     assert speed.peer_model(cfg) is None
-    assert "pip install progflow[peer]" in speed.peer_rows(cfg, None, None, None, None, rounds=1, steps=1,
+    assert "pip install progflow[peer]" in speed.peer_rows(cfg, None, None, None, None, None, rounds=1, steps=1,
                                                            sample_batch=1)["skipped"]
 
 

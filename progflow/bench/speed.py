@@ -31,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from progflow.bench.common import result_header, train_steps, write_result
+from progflow.hardware import bf16_autocast
 from progflow.methods import build_method
 from progflow.nn.dit import build_model, count_parameters
 from progflow.presets import preset_config
@@ -58,6 +59,24 @@ def train_step_flops(method, model, x, y) -> float:
         loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
+
+
+def _setup(preset: str, batch: int):
+    """``(cfg, model, method, opt, x, y)``: the preset's model from seed 0, AdamW and a fixed
+    batch, the same for every measurement of the benchmark."""
+    cfg = preset_config(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model, method = build_model(cfg), build_method(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch, *cfg.data.shape) * 2 - 1, torch.arange(batch) % cfg.data.num_classes
+    return cfg, model, method, opt, x, y
+
+
+def _sample_seconds(method, model, ys, nfe: int):
+    """``(seconds, result)`` of sampling ``ys`` at ``nfe`` (guidance 1)."""
+    t0 = time.perf_counter()
+    res = method.sample(model, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+    return time.perf_counter() - t0, res
 
 
 # ---- the peer: diffusers' DiT at the same configuration ------------------------------------
@@ -109,14 +128,13 @@ def forward_seconds(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def peer_rows(cfg, model, method, x, y, *, rounds: int, steps: int, sample_batch: int) -> dict:
+def peer_rows(cfg, model, method, opt, x, y, *, rounds: int, steps: int, sample_batch: int) -> dict:
     """progflow vs the peer, interleaved round by round: training step and sampling forward."""
+    torch.manual_seed(0)
     peer = peer_model(cfg)
     if peer is None:
         return {"skipped": "diffusers is not installed (pip install progflow[peer])"}
-    torch.manual_seed(0)
     step = PeerStep(peer, x, y)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = model.example_inputs(sample_batch)  # the model's own forward (every stage of DFM)
     xs = torch.randn(sample_batch, *cfg.data.shape)
     ts, ys = torch.full((sample_batch,), 0.5), torch.arange(sample_batch) % cfg.data.num_classes
@@ -155,16 +173,12 @@ def _peak_rss_mb() -> float:
 def _rss_job(preset: str, phase: str, batch: int, steps: int, nfe: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     idle = _peak_rss_mb()
-    cfg = preset_config(preset, batch_size=batch)
-    torch.manual_seed(0)
-    model, method = build_model(cfg), build_method(cfg)
-    y = torch.arange(batch) % cfg.data.num_classes
+    cfg, model, method, opt, x, y = _setup(preset, batch)
     if phase == "train":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        train_steps(method, model, opt, torch.rand(batch, *cfg.data.shape) * 2 - 1, y, steps)
+        train_steps(method, model, opt, x, y, steps)
     else:
         model.eval()
-        method.sample(model, y, generator=generator(0), nfe=nfe, cfg_scale=1.0)
+        _sample_seconds(method, model, y, nfe)
     peak = _peak_rss_mb()
     return {"peak_rss_mb": peak, "above_idle_mb": peak - idle}
 
@@ -183,11 +197,7 @@ def profile_train_step(preset: str, *, batch: int, steps: int, top: int = 15) ->
     """The operators a training step spends its CPU time in (self time, share of the total)."""
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = preset_config(preset, batch_size=batch)
-    torch.manual_seed(0)
-    model, method = build_model(cfg), build_method(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.rand(batch, *cfg.data.shape) * 2 - 1, torch.arange(batch) % cfg.data.num_classes
+    _, model, method, opt, x, y = _setup(preset, batch)
     train_steps(method, model, opt, x, y, 2)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_steps(method, model, opt, x, y, steps, first=2)
@@ -203,15 +213,13 @@ def bf16_row(method, model, opt, x, y, ys, *, steps: int, nfe: int, eager: dict)
     """The same training step and sampling under bfloat16 autocast (``TrainConfig.bf16``,
     ``progflow sample --bf16``): fast where the CPU multiplies bfloat16 natively (AVX512-BF16,
     AMX), slower where autocast only adds casts."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with bf16_autocast("cpu"):
         model.train()
         train_steps(method, model, opt, x, y, 1)
         train_s = train_steps(method, model, opt, x, y, steps, first=1)
         model.eval()
-        method.sample(model, ys[:4], generator=generator(0), nfe=2)
-        t0 = time.perf_counter()
-        method.sample(model, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
-        sample_s = time.perf_counter() - t0
+        _sample_seconds(method, model, ys[:4], 2)  # warm-up
+        sample_s, _ = _sample_seconds(method, model, ys, nfe)
     return {"train_step_s": train_s, "train_speedup": eager["train_step_s"] / train_s,
             "sample_images_per_s": len(ys) / sample_s, "sample_speedup": len(ys) / sample_s / eager["sample_images_per_s"]}
 
@@ -240,23 +248,15 @@ def compiled_row(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int
 
 
 def _compiled_row(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, eager: dict) -> dict:
-    cfg = preset_config(preset, batch_size=batch)
-    torch.manual_seed(0)
-    model, method = build_model(cfg), build_method(cfg)
+    cfg, model, method, opt, x, y = _setup(preset, batch)
     net = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.rand(batch, *cfg.data.shape) * 2 - 1, torch.arange(batch) % cfg.data.num_classes
     train_compile_s = train_steps(method, net, opt, x, y, 1)
     train_steps(method, net, opt, x, y, 1, first=1)
     train_s = train_steps(method, net, opt, x, y, steps, first=2)
     model.eval()
     ys = torch.arange(sample_n) % cfg.data.num_classes
-    t0 = time.perf_counter()
-    method.sample(net, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
-    sample_first_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    method.sample(net, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
-    sample_s = time.perf_counter() - t0
+    sample_first_s, _ = _sample_seconds(method, net, ys, nfe)  # the compile included
+    sample_s, _ = _sample_seconds(method, net, ys, nfe)
     return {"train_first_step_s": train_compile_s, "train_step_s": train_s, "train_images_per_s": batch / train_s,
             "train_speedup": eager["train_step_s"] / train_s, "sample_first_call_s": sample_first_s,
             "sample_images_per_s": sample_n / sample_s,
@@ -272,23 +272,15 @@ def break_even(first_s: float, step_s: float, eager_step_s: float) -> float | No
 
 # ---- the command ---------------------------------------------------------------------------
 def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, rounds: int) -> dict:
-    cfg = preset_config(preset, batch_size=batch)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    method = build_method(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(batch, *cfg.data.shape) * 2 - 1
-    y = torch.arange(batch) % cfg.data.num_classes
+    cfg, model, method, opt, x, y = _setup(preset, batch)
     flops = train_step_flops(method, model, x, y)
 
     train_steps(method, model, opt, x, y, 2)  # warm-up
     train_s = train_steps(method, model, opt, x, y, steps, first=2)
     model.eval()
     ys = torch.arange(sample_n) % cfg.data.num_classes
-    method.sample(model, ys[:4], generator=generator(0), nfe=2)
-    t0 = time.perf_counter()
-    res = method.sample(model, ys, generator=generator(0), nfe=nfe, cfg_scale=1.0)
-    sample_s = time.perf_counter() - t0
+    _sample_seconds(method, model, ys[:4], 2)  # warm-up
+    sample_s, res = _sample_seconds(method, model, ys, nfe)
     row = {"preset": preset, "method": cfg.method.name, "params": count_parameters(model), "batch": batch,
            "timed_steps": steps, "train_step_s": train_s, "train_images_per_s": batch / train_s,
            "train_gflop_per_image": flops / batch / 1e9, "train_gflop_per_s": flops / train_s / 1e9,
@@ -296,7 +288,7 @@ def measure(preset: str, *, steps: int, batch: int, sample_n: int, nfe: int, rou
            "sample_forward_images_per_s": sample_n * res.nfe / sample_s}
     row["bf16"] = bf16_row(method, model, opt, x, y, ys, steps=steps, nfe=nfe, eager=row)
     model.train()
-    row["peer"] = peer_rows(cfg, model, method, x, y, rounds=rounds, steps=steps, sample_batch=sample_n)
+    row["peer"] = peer_rows(cfg, model, method, opt, x, y, rounds=rounds, steps=steps, sample_batch=sample_n)
     return row
 
 
