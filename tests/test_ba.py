@@ -440,3 +440,19 @@ def test_learned_solver_benchmark_tiny(tmp_path):
 
     assert set(measured["best_shift"]) <= set(solver_names())  # learned.json beside them is no solver
     assert (Path(learned["run"]) / "solver" / "solver.json").exists()
+
+
+def test_learned_headline_profile_fits_once_and_measures_only_the_asked_cells(tmp_path):
+    """On the headline arm (base-s) --learned fits one SideNet (no scale sweep, no exact ceiling,
+    no round trips), and --nfes / --shifts restrict the ba cells measured."""
+    out = tmp_path / "out"
+    run_cli("bench", "solvers", "--tiny", "--learned", "--solvers", "ba", "--arms", "base-s", "--nfes", "4",
+            "--shifts", "2", "--runs-dir", tmp_path / "runs", "--out-dir", out, check=0, timeout=600)
+    learned = json.loads((out / "solvers_learned_tiny.json").read_text())["runs"][0]
+    assert learned["arm"] == "base-s" and learned["round_trip"] is None
+    assert [r["offset_scale"] for r in learned["sweep"]] == [0.0, 0.05] and learned["chosen_offset_scale"] == 0.05
+    measured = json.loads((out / "solvers_tiny.json").read_text())
+    assert measured["settings"]["shifts"] == [2.0] and measured["settings"]["only_nfes"] == [4]
+    ba = [(r["nfe"], r["shift"]) for r in measured["runs"][0]["endpoint"] if r["solver"] == "ba"]
+    assert ba == [(4, 2.0)]
+    assert [(f["solver"], f["nfe"]) for f in measured["runs"][0]["fd"]] == [("ba", 4)]

@@ -212,6 +212,8 @@ CASES = [
     ("bench-cfg-nan", "bench quality --cfg-scales 1 nan --out-dir {case}/b", ["--cfg-scales"], None, False),
     ("bench-out-file", "bench speed --out-dir {root}/file.txt", ["is a file, not a folder"], None, False),
     ("bench-solver", "bench solvers --solvers nosuch --out-dir {case}/b", ["unknown solver"], None, False),
+    ("bench-nfes-0", "bench solvers --nfes 5 0 --out-dir {case}/b", ["--nfes must be positive"], None, False),
+    ("bench-shifts-neg", "bench solvers --shifts 1 -2 --out-dir {case}/b", ["--shift(s) must be"], None, False),
     # demo
     ("demo-steps-0", "demo --steps 0 --out {case}/d", ["--steps must be positive"], None, False),
     ("demo-cfg-nan", "demo --cfg nan --out {case}/d", ["--cfg must be a finite number"], None, False),

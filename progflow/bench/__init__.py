@@ -33,6 +33,10 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--solvers", nargs="+", metavar="NAME",
                    help="solvers: measure only these (default the classical fixed-grid ones); results of others "
                    "already cached are collected")
+    p.add_argument("--nfes", type=int, nargs="+", metavar="NFE",
+                   help="solvers: measure only these of the run's NFEs (default all of its profile)")
+    p.add_argument("--shifts", type=float, nargs="+", metavar="SHIFT",
+                   help="solvers: the grid shifts to try per NFE (default 1 2 3); the best of them is scored for FD")
     p.add_argument("--solver", help="quality: the solver of every FD (default euler; see progflow sample --solver)")
     p.add_argument("--shift", type=float, help="quality: the time-grid shift of every FD (default 1, uniform)")
     p.add_argument("--dataset", choices=("fashion-mnist", "emoji"),
@@ -70,8 +74,11 @@ def check_bench_args(kind: str, args) -> None:
         check_count(seed, "--seed(s)", minimum=0)
     for w in args.cfg_scales or []:
         check_finite(w, "--cfg-scales")
-    if args.shift is not None:
-        check_finite(args.shift, "--shift", positive=True)
+    for shift in [args.shift, *(args.shifts or [])]:
+        if shift is not None:
+            check_finite(shift, "--shift(s)", positive=True)
+    for nfe in args.nfes or []:
+        check_count(nfe, "--nfes")
     for name in [args.solver, *(args.solvers or [])]:
         if name is not None:
             get_solver(name)

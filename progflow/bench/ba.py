@@ -21,6 +21,10 @@ Per run (the solver benchmark's ``base`` / ``dfm2`` arms, or ``--run DIR``):
 * **round trip**: test images inverted to noise and generated back under their class with
   every solver that runs backwards, RMS against the input over NFE.
 
+On the headline profile (the ``base-s`` arm) only the fit at ``HEADLINE_SCALES``, its sweep
+row, the fitting cost and the timing are measured: no other scales, no exact ceiling, no round
+trips (each of them costs about an hour at size s on this machine's cores).
+
 Results: ``<out-dir>/solvers_learned.json``, cached per run in ``RUN/bench_solvers/learned.json``.
 ``progflow bench solvers --learned --solvers ba ba1`` does this part first, then measures
 the ``ba`` / ``ba1`` rows with the chosen SideNet.
@@ -39,6 +43,7 @@ import torch
 from progflow.bench.common import logged_train_seconds, result_header, write_result
 
 SCALES = (0.02, 0.05, 0.1, 0.2)
+HEADLINE_SCALES = (0.05,)  # the headline profile (size s): one fit, at the scale the base xs sweep chose
 SWEEP_NFES = (5, 10)
 TRIP_NFES = (4, 5, 8, 9, 12, 13, 20, 21)
 BATCH = 256
@@ -112,7 +117,7 @@ def _mean_endpoint_rms(cfg, model, spec, nfe: int, ref: torch.Tensor, s_sol: dic
     return float(endpoint_rms(x, ref).mean())
 
 
-def _sweep(run, cfg, model, method, s, s_sol, ref, width) -> list[dict]:
+def _sweep(run, cfg, model, method, s, s_sol, ref, width, exact_row: bool = True) -> list[dict]:
     from progflow.data import load_dataset
     from progflow.fit_solver import FitConfig, heldout_error, sidenet_for, state_shapes
     from progflow.solvers.ba import Side, ba_spec, bind_run_solver
@@ -143,6 +148,8 @@ def _sweep(run, cfg, model, method, s, s_sol, ref, width) -> list[dict]:
                 row[f"{name}_rms_nfe{nfe}"] = _mean_endpoint_rms(cfg, model, spec, nfe, ref, s_sol)
         rows.append(row)
         print(f"  sweep {row}", flush=True)
+    if not exact_row:
+        return rows
     exact = {"offset_scale": "exact (backbone RK4 in place of the SideNet)"}
     for nfe in s["sweep_nfes"]:  # bi-anchor only: about 35 backbone calls per interval
         exact[f"ba_rms_nfe{nfe}"] = _mean_endpoint_rms(cfg, model, exact_ba_spec(), nfe, ref, s_sol)
@@ -232,6 +239,8 @@ def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, wid
 
     cfg, model, path = load_run(run)
     method = build_method(cfg)
+    full = profile == "full"  # the headline profile: one fit, no exact ceiling, no round trips
+    s = s if full else {**s, "scales": [sc for sc in s["scales"] if sc in HEADLINE_SCALES] or s["scales"][:1]}
     cache = run / "bench_solvers" / "learned.json"
     key = {**s, "width": width, "checkpoint": str(path), "reference": s_sol["reference"][profile]}
     if cache.exists() and (saved := json.loads(cache.read_text())).get("key") == key:
@@ -239,7 +248,7 @@ def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, wid
         return saved["result"]
     print(f"[{arm}] learned measurements on {run}", flush=True)
     ref, _ = reference_end_points(run, cfg, model, s_sol, profile, run / "bench_solvers")
-    sweep = _sweep(run, cfg, model, method, s, s_sol, ref, width)
+    sweep = _sweep(run, cfg, model, method, s, s_sol, ref, width, exact_row=full)
     fitted = [r for r in sweep if isinstance(r["offset_scale"], float) and r["offset_scale"] > 0]
     best = min(fitted, key=lambda r: r["ba_rms_nfe5"])["offset_scale"]
     target = run / "solver"  # the SideNet `--solver ba` uses: the best of the sweep
@@ -249,7 +258,7 @@ def measure_learned(arm: str, run: Path, profile: str, s: dict, s_sol: dict, wid
     result = {"arm": arm, "run": str(run), "checkpoint": str(path), "sidenet_width": width,
               "sidenet": json.loads((target / "solver.json").read_text()), "chosen_offset_scale": best,
               "sweep": sweep, "fit_cost": _fit_cost(run, cfg, target, s), "timing": _timing(cfg, model, method, spec, s),
-              "round_trip": _round_trip(run, cfg, model, method, s)}
+              "round_trip": _round_trip(run, cfg, model, method, s) if full else None}
     write_result({"key": key, "result": result}, cache)
     return result
 

@@ -66,7 +66,8 @@ def _settings(args) -> dict:
         "nfes": [4, 5, 8] if tiny else list(NFES),
         "fd_nfes": [4, 5] if tiny else list(FD_NFES),
         "fd_top_solvers": list(FD_TOP_SOLVERS),
-        "shifts": [1.0, 2.0] if tiny else list(SHIFTS),
+        "shifts": list(args.shifts) if getattr(args, "shifts", None) else [1.0, 2.0] if tiny else list(SHIFTS),
+        "only_nfes": list(args.nfes) if getattr(args, "nfes", None) else None,  # --nfes: a subset to measure now
         "n_err": 8 if tiny else 256,
         "n_fd": args.n or (20 if tiny else 2000),
         "cfg": (args.cfg_scales or [1.0])[0],
@@ -120,8 +121,9 @@ def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats
     done = saved if saved.get("key") == key else {"key": key, "endpoint": {}, "fd": {}}
     spec = get_solver(name).for_run(run, model)
     nfes = s["fd_nfes"] if profile == "headline" else s["nfes"]
+    wanted = lambda nfe: s["only_nfes"] is None or nfe in s["only_nfes"]
     fresh = 0
-    for nfe in nfes:
+    for nfe in filter(wanted, nfes):
         for shift in s["shifts"]:
             cell = f"{nfe}|{shift}"
             if cell in done["endpoint"]:
@@ -141,7 +143,7 @@ def _measure_solver(name, run, cfg, model, ref, profile, s, extractor, ref_feats
             print(f"  {name} NFE {nfe} shift {shift}: endpoint RMS {err.mean():.4f} ({1e3 * sec / len(x):.1f} ms/image)",
                   flush=True)
     best = _collect(done)["best_shift"]
-    for nfe in s["fd_nfes"]:
+    for nfe in filter(wanted, s["fd_nfes"]):
         if str(nfe) not in best or extractor is None or (nfe == max(s["fd_nfes"]) and name not in s["fd_top_solvers"]):
             continue
         cell = f"{nfe}|{best[str(nfe)]}"
