@@ -15,6 +15,7 @@ Nothing is ever unpickled: files are checked to be safetensors before they are p
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -73,14 +74,18 @@ def check_safetensors(path: Path) -> None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head[:1] == b"\x80" or head[:2] == b"PK":
-                raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; progflow never unpickles")
-            if len(head) < 8:
-                raise CheckpointError(f"{path} is truncated or not a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
+            head = f.read(9)
+            (n,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (None,)
+            # safetensors: a little-endian header length, then the JSON header. A header length
+            # whose low byte is 0x80 starts like a pickle, so the pickle test comes second.
+            if not (n is not None and 1 < n <= min(size - 8, 100_000_000) and head[8:9] == b"{"):
+                if head[:1] == b"\x80" or head[:2] == b"PK":
+                    raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; progflow never "
+                                          "unpickles")
+                if n is None:
+                    raise CheckpointError(f"{path} is truncated or not a safetensors file")
                 raise CheckpointError(f"{path} is truncated or not a safetensors file (bad header length)")
+            f.seek(8)
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
@@ -273,3 +278,14 @@ def load_state_dict_checked(module: torch.nn.Module, tensors: dict[str, torch.Te
         if own[k].shape != v.shape:
             raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
     module.load_state_dict(tensors)
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes, in name order): which weights
+    a SideNet was fitted to, or which autoencoder made a latent cache."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

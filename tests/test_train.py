@@ -225,3 +225,26 @@ def test_bf16_autocast_trains(tmp_path):
     import json
 
     assert json.loads((run / "config.json").read_text())["bf16"] is True
+
+
+def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    """A header length with low byte 0x80 makes the file's first byte that of a pickle; such a
+    file (1 in 256 of real checkpoints) is read, and pickles are still refused unread."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    from progflow.checkpoint import read_tensors
+    from progflow.errors import CheckpointError
+
+    for pad in range(300):  # grow the metadata until the header length is 0x80 modulo 256
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.arange(3.0)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80 and struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 0x80
+    assert torch.equal(read_tensors(path)["w"], torch.arange(3.0))
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"w": 1}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        read_tensors(evil)
