@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# the CPU build of torch; a looser pin would pull a multi-GB CUDA build
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[plot,test,peer]'
+	$(VENV)/bin/pip install --quiet -e '.[plot,test,peer,diffusers]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -52,7 +52,7 @@ def _config_from_args(args) -> TrainConfig:
 
         base = load_run_config(_train_out(args))
     else:
-        base = preset_config(args.preset or "fmnist-base-s")
+        base = preset_config(args.preset or args.default_preset)
     overrides = dict(parse_override(s) for s in args.set or [])
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
@@ -62,7 +62,7 @@ def _config_from_args(args) -> TrainConfig:
 
 
 def _train_out(args) -> Path:
-    return Path(args.out or f"runs/{args.preset or 'fmnist-base-s'}")
+    return Path(args.out or f"runs/{args.preset or args.default_preset}")
 
 
 def _require_run(out: Path, what: str) -> None:
@@ -80,10 +80,27 @@ def cmd_train(args) -> None:
     if args.resume:
         _require_run(_train_out(args), "run")
     cfg = _config_from_args(args)
+    autoencoder = cfg.method.name == "autoencoder"
+    if args.command == "train-ae" and not autoencoder:
+        raise ProgflowError(f"train-ae trains autoencoders (presets {', '.join(_ae_presets())}); "
+                            f"{cfg.preset or 'this config'} is a {cfg.method.name} model: use `progflow train`")
     out = _train_out(args) if args.resume else Path(args.out or f"runs/{cfg.preset or 'run'}")
     last = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the main process reports
         print(json.dumps({"run": str(out), "checkpoint": str(last)}))
+
+
+def _ae_presets() -> list[str]:
+    from progflow.presets import preset_config, preset_names
+
+    return [n for n in preset_names() if preset_config(n).method.name == "autoencoder"]
+
+
+def cmd_eval_ae(args) -> None:
+    from progflow.eval.reconstruction import evaluate_autoencoder
+
+    print(json.dumps(evaluate_autoencoder(args.run_dir, n=args.n, data_dir=args.data_dir, out=args.out,
+                                          batch_size=args.batch_size, progress=not args.no_progress), indent=2))
 
 
 def cmd_sample(args) -> None:
@@ -160,7 +177,7 @@ def cmd_info(args) -> None:
     else:
         cfg = preset_config(target)
     info = model_info(cfg)
-    if not cfg.data.frames:
+    if not cfg.data.frames and "sample_flops" in info:  # a generator of images (not an autoencoder)
         from progflow.fit_solver import sidenet_info
 
         try:
@@ -226,19 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
                                 "score and benchmark flow-matching models (base, DFM) on images and video.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model from a preset", description="Train a model. Flags mirror "
-                       "TrainConfig; nested fields with --set (e.g. --set model.depth=4 --set method.stage_probs=[0.8,0.2]).")
-    t.add_argument("--preset", help="named preset (see `progflow presets`); default fmnist-base-s")
-    t.add_argument("--config", help="a TrainConfig JSON file (e.g. a run's config.json) instead of a preset")
-    t.add_argument("--out", help="run directory (default runs/PRESET)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its last checkpoint left off")
-    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config, log, "
-                   "checkpoints and grids); without it such a run is refused")
-    t.add_argument("--data-dir", help="dataset folder (default $PROGFLOW_DATA or /usr/share/datasets/fashion-mnist)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (YAML value)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(t)
-    t.set_defaults(func=cmd_train)
+    for name, default, what in (("train", "fmnist-base-s", "a generator"), ("train-ae", "emoji-ae", "an autoencoder")):
+        t = sub.add_parser(name, help=f"train {what} from a preset", description=(
+            "Train a model. Flags mirror TrainConfig; nested fields with --set (e.g. --set model.depth=4 --set "
+            "method.stage_probs=[0.8,0.2]). A latent run: --set data.autoencoder=RUN (a train-ae run) or "
+            "diffusers:FOLDER, or an emoji-latent-* preset." if name == "train" else
+            "Train the latent autoencoder (KL, 4x downsampling; presets emoji-ae, emoji-ae-eq with the "
+            "scale-equivariance term, fmnist-ae) with the trainer of every run: progress, atomic checkpoints, exact "
+            "--resume, torchrun. Then train a generator on its latents with --set data.autoencoder=OUT."))
+        t.add_argument("--preset", help=f"named preset (see `progflow presets`); default {default}")
+        t.add_argument("--config", help="a TrainConfig JSON file (e.g. a run's config.json) instead of a preset")
+        t.add_argument("--out", help="run directory (default runs/PRESET)")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run in --out exactly where its last checkpoint left off")
+        t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its config, log, "
+                       "checkpoints and grids); without it such a run is refused")
+        t.add_argument("--data-dir", help="dataset folder (default $PROGFLOW_DATA or /usr/share/datasets/fashion-mnist)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (YAML value)")
+        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_config_flags(t)
+        t.set_defaults(func=cmd_train, default_preset=default)
+
+    ea = sub.add_parser("eval-ae", help="score an autoencoder run: reconstruction PSNR, FD of reconstructions (JSON)")
+    ea.add_argument("run_dir", help="run directory written by `progflow train-ae`")
+    ea.add_argument("--n", type=int, default=1000, help="test images to reconstruct (default 1000)")
+    ea.add_argument("--batch-size", type=int, default=250)
+    ea.add_argument("--out", help="output JSON (default RUN_DIR/eval_ae.json; a grid of pairs beside it)")
+    ea.add_argument("--data-dir")
+    ea.add_argument("--no-progress", action="store_true")
+    ea.set_defaults(func=cmd_eval_ae)
 
     s = sub.add_parser("sample", help="sample a trained run to an .npz + PNG grid")
     s.add_argument("run_dir", help="run directory written by `progflow train`")

@@ -108,12 +108,21 @@ class DataConfig:
     frames: int = 0  # 0 for images, the clip length for video
     n: int = 0  # size of generated datasets (synthetic, moving-fmnist); 0 = default
     num_classes: int = 10
+    # Latent runs (progflow.latent): the autoencoder whose latents the model generates, a run
+    # directory of `progflow train-ae` or "diffusers:FOLDER" (a saved AutoencoderKL); "" for
+    # pixels. image_size and channels then describe the latent (16 and 4 for 64px RGB at factor
+    # 4); the pixel images are the dataset's at the autoencoder's own size.
+    autoencoder: str = ""
+    latent_scale: float = 0.0  # 1 / std of the training latents, set when training starts
+    latent_hash: str = ""  # sha256 of the autoencoder weights the run was trained with
 
     def __post_init__(self):
         check_fields(self, "data.")
         _check_choice(self.dataset, "data.dataset", typing.get_args(DatasetKind))
         _check_positive(self, "image_size", "channels", "num_classes")
-        _check_positive(self, "frames", "n", allow_zero=True)
+        _check_positive(self, "frames", "n", "latent_scale", allow_zero=True)
+        if self.autoencoder and self.frames:
+            raise ConfigError("data.autoencoder: latent runs are image runs; this config is a video config")
         if self.dataset == "moving-fmnist" and self.frames < 2:
             raise ConfigError("data.frames must be at least 2 for the moving-fmnist video dataset")
 

@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from progflow.checkpoint import atomic_write_text
 from progflow.checks import check_count, check_out_file, check_run_dir
-from progflow.data import center_crop, load_dataset, output_crop, to_model_range, to_uint8
+from progflow.data import center_crop, output_crop, to_model_range, to_uint8
 from progflow.errors import ProgflowError
+from progflow.latent import load_run_data, to_pixels
 from progflow.methods import build_method
 from progflow.rng import generator
 
@@ -46,9 +47,9 @@ DIAGNOSE_FILE = "diagnose.json"
 
 
 def _test_subset(cfg, n: int, data_dir):
-    """The first ``n`` images of a fixed permutation of the test split (seed 0)."""
-    data = load_dataset(cfg.data.dataset, split="test", data_dir=data_dir or cfg.data.data_dir,
-                        image_size=cfg.data.image_size, channels=cfg.data.channels)
+    """The first ``n`` images of a fixed permutation of the test split (seed 0), in model space
+    (a latent run's: their scaled latents)."""
+    data, _ = load_run_data(cfg, "test", data_dir=data_dir)
     if n > len(data):
         raise ProgflowError(f"--n {n} exceeds the {len(data)} test images of {cfg.data.dataset}")
     idx = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(data))[:n]))
@@ -84,8 +85,8 @@ def diagnose_run(run_dir, *, n: int = 1000, seed: int = 0, batch_size: int = 250
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="diagnose", delay=1.0)):
         x1, y = to_model_range(images[start:start + batch_size]), labels[start:start + batch_size]
         made = method.stage_diagnostics(model, x1, y, generator=generator(seed, 5, b))
-        for name, x in {"true_images": x1, **made}.items():
-            views.setdefault(name, []).append(to_nhwc(to_uint8(center_crop(x, crop))))
+        for name, x in {"true_images": x1, **made}.items():  # (true_images of a latent run: decoded latents)
+            views.setdefault(name, []).append(to_nhwc(to_uint8(center_crop(to_pixels(cfg.data, x), crop))))
 
     def score(name):
         r = evaluate_arrays(np.concatenate(views[name]), labels.numpy(), extractor, ref, ref_labels=ref_labels)

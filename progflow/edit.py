@@ -27,6 +27,7 @@ import torch
 from progflow.checks import check_out_file, check_run_dir, check_sampling_args
 from progflow.data import center_crop, output_crop, save_grid_png, to_model_range, to_uint8
 from progflow.errors import ConfigError, DataError
+from progflow.latent import pixel_geometry, to_model_space, to_pixels
 from progflow.methods import build_method
 from progflow.solvers import get_solver
 from progflow.solvers.phases import from_state, integrate_phases, record_phases, to_state
@@ -47,12 +48,13 @@ def read_images(path: str | Path, cfg) -> tuple[torch.Tensor, torch.Tensor | Non
     d = cfg.data
     if d.frames:
         raise ConfigError("progflow edit works on image runs; this run is a video run")
-    if images.ndim == 3 and d.channels == 1:
+    channels, size = pixel_geometry(d)  # (a latent run: the autoencoder's images)
+    if images.ndim == 3 and channels == 1:
         images = images[..., None]
-    crop = output_crop(d.dataset) or (d.image_size, d.image_size)
-    sizes = {(d.image_size, d.image_size), tuple(crop)}
-    if images.ndim != 4 or tuple(images.shape[1:3]) not in sizes or images.shape[3] != d.channels or not len(images):
-        want = " or ".join(f"(N, {h}, {w}, {d.channels})" for h, w in sorted(sizes))
+    crop = output_crop(d.dataset) or (size, size)
+    sizes = {(size, size), tuple(crop)}
+    if images.ndim != 4 or tuple(images.shape[1:3]) not in sizes or images.shape[3] != channels or not len(images):
+        want = " or ".join(f"(N, {h}, {w}, {channels})" for h, w in sorted(sizes))
         raise DataError(f"{path}: images have shape {tuple(images.shape)}, the run needs {want}")
     if np.issubdtype(images.dtype, np.integer):
         lo, hi, scale = 0, 255, 1.0
@@ -65,7 +67,7 @@ def read_images(path: str | Path, cfg) -> tuple[torch.Tensor, torch.Tensor | Non
                         f"for dtype {images.dtype}")
     u8 = torch.from_numpy(np.ascontiguousarray(np.round(images.astype(np.float64) * scale))).to(torch.uint8)
     x = to_model_range(u8.permute(0, 3, 1, 2))
-    pad_h, pad_w = d.image_size - x.shape[2], d.image_size - x.shape[3]
+    pad_h, pad_w = size - x.shape[2], size - x.shape[3]
     if pad_h or pad_w:  # content crop -> padded frame, as the dataset pads it (background -1)
         x = torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=-1.0)
     if labels is not None:
@@ -145,10 +147,10 @@ def edit_run(run_dir: str | Path, *, images: str | Path, to_class: int | None = 
     edited, used = [], (0, 0)
     for b in range(0, len(x), batch_size):
         sl = slice(b, b + batch_size)
-        res, _, back, fwd = invert_and_generate(method, model, spec, x[sl].to(device),
+        res, _, back, fwd = invert_and_generate(method, model, spec, to_model_space(cfg.data, x[sl].to(device)),
                                                 None if labels is None else labels[sl].to(device),
                                                 dst_labels[sl].to(device), nfe=nfe, cfg_scale=cfg_scale, shift=shift)
-        edited.append(res.cpu())
+        edited.append(to_pixels(cfg.data, res).cpu())
         used = (back, fwd)
     edited = torch.cat(edited)
     before, after = to_uint8(center_crop(x, crop)), to_uint8(center_crop(edited, crop))

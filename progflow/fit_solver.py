@@ -40,8 +40,9 @@ import torch
 from progflow import checkpoint as ckpt
 from progflow.checks import MAX_NFE, check_count, check_out_dir, check_run_dir
 from progflow.config import _check_positive, check_fields, parse_override
-from progflow.data import load_dataset, to_model_range
+from progflow.data import to_model_range
 from progflow.errors import CheckpointError, ConfigError
+from progflow.latent import load_run_data
 from progflow.methods import build_method
 from progflow.methods.base import drop_labels
 from progflow.nn.dit import count_parameters
@@ -310,8 +311,7 @@ def _fit_solver(run_dir: Path, fit: FitConfig | None, *, out: Path, resume: bool
         prior_wall = float(record.get("fit_wall_s", 0.0))
     if cfg.data.frames:
         raise ConfigError("the BA-solver's SideNet is built for image runs; this run is a video run")
-    data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                        channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
+    data, _ = load_run_data(cfg, "train")
     method = build_method(cfg)
     phases = record_phases(method, backbone, torch.zeros(1, dtype=torch.long, device=fit.device), nfe=fit.nfe or None)
     shapes = state_shapes(phases)

@@ -103,6 +103,8 @@ def model_info(cfg) -> dict:
 
         cfg = preset_config(cfg)
     model = build_model(cfg).eval()
+    if hasattr(model, "cost_summary"):  # not a generator (the autoencoder): its own parts and FLOPs
+        return {"arch": cfg.model.arch, "method": cfg.method.name, **model.cost_summary()}
     base = DiT(cfg.data, base_model_config(cfg.model)).eval()
     params, base_params = count_parameters(model), count_parameters(base)
     parts = model.cost_parts() if hasattr(model, "cost_parts") else {}

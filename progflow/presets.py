@@ -33,6 +33,14 @@ for _size in ("xs", "s"):
         "method": {"name": "flow"},
         **_BUDGET[_size],
     }
+# Latent twins: the 16x16x4 latent of the emoji-ae run (4x downsampling; `progflow train-ae`
+# writes it to runs/emoji-ae; --set data.autoencoder=... picks another). Patch 2: 8x8 tokens of
+# 16 numbers, a quarter of the pixel presets' 256 tokens.
+_EMOJI_LATENT = {"data": {"dataset": "emoji", "image_size": 16, "channels": 4, "num_classes": 9,
+                          "autoencoder": "runs/emoji-ae"}}
+for _size in ("xs", "s"):
+    PRESETS[f"emoji-latent-base-{_size}"] = {**PRESETS[f"emoji-base-{_size}"], **_EMOJI_LATENT,
+                                            "model": {"arch": "dit", "size": _size, "patch": 2}}
 
 
 def register_preset(name: str, overrides: dict) -> None:

@@ -20,6 +20,7 @@ from progflow.config import TrainConfig
 from progflow.data import center_crop, output_crop, save_grid_png, save_video, to_uint8
 from progflow.errors import CheckpointError, ProgflowError
 from progflow.hardware import bf16_autocast
+from progflow.latent import to_pixels
 from progflow.methods import build_method
 from progflow.nn.dit import build_model
 from progflow.rng import generator
@@ -100,10 +101,11 @@ def generate(cfg: TrainConfig, model, *, n: int, seed: int = 0, nfe: int | None 
         if bf16 and not torch.isfinite(res.x).all():
             raise ProgflowError("sampling under bf16 autocast gave non-finite values; sample without --bf16")
         used.append(res.nfe)
-        out.append(center_crop(res.x, crop).cpu() if raw else to_uint8(center_crop(res.x, crop)).cpu())
+        x = center_crop(to_pixels(cfg.data, res.x), crop)  # (a latent run's samples are decoded first)
+        out.append(x.cpu() if raw else to_uint8(x).cpu())
         if previews and res.previews:
             # one strip per sample: the partial recompositions side by side, then the final image
-            parts = [to_uint8(center_crop(p, crop)).cpu() for p in res.previews] + [out[-1]]
+            parts = [to_uint8(center_crop(p, crop)).cpu() for p in to_pixels(cfg.data, res.previews)] + [out[-1]]
             strips.append(torch.cat(parts, dim=-1))
     used = used[0] if len(set(used)) == 1 else round(sum(used) / len(used), 1)
     return torch.cat(out), labels, used, (torch.cat(strips) if strips else None)

@@ -28,9 +28,10 @@ from tqdm import tqdm
 from progflow import checkpoint as ckpt
 from progflow.checks import check_device, check_out_dir, write_failure
 from progflow.config import TrainConfig
-from progflow.data import center_crop, load_dataset, save_grid_png, to_model_range, to_uint8
+from progflow.data import center_crop, save_grid_png, to_model_range, to_uint8
 from progflow.errors import CheckpointError, ProgflowError, TrainingDiverged
 from progflow.hardware import bf16_autocast
+from progflow.latent import load_run_data, to_pixels
 from progflow.methods import build_method, method_class
 from progflow.nn.dit import build_model, count_parameters
 from progflow.rng import BatchRandom, derive_seed, generator
@@ -107,6 +108,10 @@ class BatchOrder:
         return self._perm[b * self.batch:(b + 1) * self.batch]
 
 
+# fields a run fills in when it starts (from its data), so a resume's config does not give them
+DERIVED_FIELDS = ("method.stage_std", "data.latent_scale", "data.latent_hash")
+
+
 def check_resume_config(saved: TrainConfig, wanted: TrainConfig, run_dir: Path) -> None:
     a, b = saved.to_dict(), wanted.to_dict()
     diffs = []
@@ -114,7 +119,7 @@ def check_resume_config(saved: TrainConfig, wanted: TrainConfig, run_dir: Path) 
         if key in TrainConfig.RESUMABLE_CHANGES:
             continue
         if isinstance(a[key], dict):
-            diffs += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key][k] and not (key == "method" and k == "stage_std")]
+            diffs += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key][k] and f"{key}.{k}" not in DERIVED_FIELDS]
         elif a[key] != b[key]:
             diffs.append(key)
     if diffs:
@@ -176,7 +181,7 @@ def save_sample_grid(method, model, cfg: TrainConfig, crop, path: Path, per_clas
     model.eval()
     res = method.sample(model, y, generator=generator(cfg.seed, 2), nfe=nfe)
     model.train(was_training)
-    x = center_crop(res.x, crop)
+    x = center_crop(to_pixels(cfg.data, res.x), crop)
     if x.ndim == 5:  # video: show the first frame of each clip in the grid
         x = x[:, :, 0]
     # rows are samples of one index, columns the classes
@@ -369,8 +374,9 @@ def _train(cfg: TrainConfig, out: Path, env: Distributed, *, resume: bool, overw
         cfg = saved.replace(**{k: getattr(cfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
         ckpt.check_state(state_in, existing[-1])
         read_log_lines(log_path)
-    data = load_dataset(cfg.data.dataset, split="train", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                        channels=cfg.data.channels, frames=cfg.data.frames or 8, n=cfg.data.n, seed=cfg.seed)
+    data, filled = load_run_data(cfg, "train", progress=progress and env.main)  # (latents: encoded once, cached)
+    if state_in is None:
+        cfg = filled  # (a latent run's scale and autoencoder hash)
     if tuple(data.images.shape[1:]) != cfg.data.shape:
         raise ProgflowError(f"dataset samples have shape {tuple(data.images.shape[1:])}, the config expects {cfg.data.shape}")
     if state_in is None:

@@ -48,6 +48,21 @@ def run_torchrun(*args, nproc: int | None = 2, timeout=600) -> subprocess.Comple
     return p
 
 
+def kill_after_log_lines(args, run: Path, lines: int = 6, env=None) -> None:
+    """Start ``progflow ARGS --out RUN`` and SIGKILL it once its log has ``lines`` lines (a run
+    killed mid-training, for the exact-resume tests)."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "progflow.cli", *map(str, args), "--out", str(run)],
+                         env=env or cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "log.jsonl").exists() and len(read_log(run)) >= lines):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
 def read_log(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
 

@@ -3,16 +3,12 @@ presets at equal training FLOPs, bad configs, and a tiny run through the CLI (tr
 resume after SIGKILL, sample with previews, score)."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY, assert_one_line_error, cli_env, read_log, run_cli
+from conftest import TINY, assert_one_line_error, kill_after_log_lines, read_log, run_cli
 from test_train import assert_bitwise_equal, final_weights
 
 from progflow.config import DataConfig, TrainConfig
@@ -200,13 +196,7 @@ def test_tiny_flowar_trains_resumes_samples_and_scores(tmp_path):
     assert log[-1]["loss"] < log[0]["loss"]
 
     run = tmp_path / "run"  # killed after a checkpoint, resumed: bit-identical to the uninterrupted run
-    p = subprocess.Popen([sys.executable, "-m", "progflow.cli", "train", *FLOWAR_TINY, *STEPS, "--out", str(run)],
-                         env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((run / "log.jsonl").exists() and len(read_log(run)) >= 6):
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_after_log_lines(["train", *FLOWAR_TINY, *STEPS], run)
     assert not (run / "ckpt" / "step_00000016").exists(), "the run finished before it was killed"
     run_cli("train", *FLOWAR_TINY, *STEPS, "--out", run, "--resume", check=0)
     assert_bitwise_equal(final_weights(run, 16), final_weights(ref, 16))

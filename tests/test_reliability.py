@@ -150,6 +150,20 @@ CASES = [
     ("train-pyramidal-coarse", "train --preset fmnist-pyramidal-xs --set data.image_size=36 "
      "--set method.boundaries=[0.25,0.5,0.75] --set method.stage_steps=[] --out {case}/r",
      ["data.image_size 36 is not divisible by 2**3 = 8"], None, False),
+    # latent runs and their autoencoder
+    ("train-ae-not-ae", "train-ae --preset fmnist-base-xs --out {case}/r", ["train-ae trains autoencoders"], None,
+     False),
+    ("train-ae-kl-neg", "train-ae --preset fmnist-ae --set method.kl_weight=-1 --out {case}/r",
+     ["method.kl_weight must be non-negative"], None, False),
+    ("train-latent-no-ae", "train " + " ".join(TINY) + " --set data.autoencoder={case}/none --set data.channels=4 "
+     "--set data.image_size=8 --set model.patch=2 --out {case}/r", ["data.autoencoder", "does not exist"], None, False),
+    ("train-latent-not-ae", "train " + " ".join(TINY) + " --set data.autoencoder={run} --set data.channels=4 "
+     "--set data.image_size=8 --set model.patch=2 --out {case}/r", ["is a flow run, not an autoencoder"], None, False),
+    ("train-latent-diffusers-none", "train " + " ".join(TINY) + " --set data.autoencoder=diffusers:{case} "
+     "--set data.channels=4 --set data.image_size=8 --set model.patch=2 --out {case}/r",
+     ["not a saved diffusers model"], None, False),
+    ("eval-ae-not-ae", "eval-ae {run} --n 4", ["is a flow run, not an autoencoder"], None, False),
+    ("eval-ae-n-0", "eval-ae {run} --n 0", ["--n must be"], None, False),
     # train --resume: the whole saved state is checked before a byte is written
     ("resume-step-not-int", RESUME, ["state.json", "step"], edit_state(lambda s: s.update(step="abc")), True),
     ("resume-step-other-folder", RESUME, ["state.json", "step 7"], edit_state(lambda s: s.update(step=7)), False),

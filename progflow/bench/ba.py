@@ -118,14 +118,13 @@ def _mean_endpoint_rms(cfg, model, spec, nfe: int, ref: torch.Tensor, s_sol: dic
 
 
 def _sweep(run, cfg, model, method, s, s_sol, ref, width, exact_row: bool = True) -> list[dict]:
-    from progflow.data import load_dataset
+    from progflow.latent import load_run_data
     from progflow.fit_solver import FitConfig, heldout_error, sidenet_for, state_shapes
     from progflow.solvers.ba import Side, ba_spec, bind_run_solver
     from progflow.solvers import get_solver
     from progflow.solvers.phases import record_phases
 
-    test = load_dataset(cfg.data.dataset, split="test", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                        channels=cfg.data.channels, n=cfg.data.n, seed=cfg.seed)
+    test, _ = load_run_data(cfg, "test")
     rows = []
     # held-out loss at one offset distribution for every row (mean 0.1: the intervals of a
     # 5-10 NFE sampler), so that rows compare; the untrained row is Euler's assumption
@@ -191,13 +190,13 @@ def _timing(cfg, model, method, spec, s) -> dict:
 
 
 def _round_trip(run, cfg, model, method, s) -> list[dict]:
-    from progflow.data import load_dataset, to_model_range
+    from progflow.data import to_model_range
+    from progflow.latent import load_run_data
     from progflow.edit import invert_and_generate
     from progflow.errors import ConfigError
     from progflow.solvers import get_solver, solver_names
 
-    test = load_dataset(cfg.data.dataset, split="test", data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                        channels=cfg.data.channels, n=cfg.data.n, seed=cfg.seed)
+    test, _ = load_run_data(cfg, "test")
     idx = torch.arange(s["n_trip"]) * (len(test) // s["n_trip"])
     x, y = to_model_range(test.images[idx]), test.labels[idx]
     rows = []

@@ -74,7 +74,11 @@ class ImageData:
 
 
 def to_model_range(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` via ``x / 127.5 - 1``; any shape."""
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` via ``x / 127.5 - 1``; any shape. Float
+    input (a latent run's latents, :mod:`progflow.latent`) is already in model space and
+    passes through as float32."""
+    if u8.is_floating_point():
+        return u8.to(torch.float32)
     return u8.to(torch.float32) / 127.5 - 1.0
 
 

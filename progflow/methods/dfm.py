@@ -363,6 +363,10 @@ def _register_presets() -> None:
             preset["model"] = {**preset["model"], "arch": "dfm", "stage_patches": [2, 4]}
             preset["method"] = _dfm_method(2)
             register_preset(f"emoji-dfm-{size}", preset)
+            latent = copy.deepcopy(PRESETS[f"emoji-latent-base-{size}"])  # 8x8 stage with patch 1, 16x16 with 2
+            latent["model"] = {**latent["model"], "arch": "dfm", "stage_patches": [1, 2]}
+            latent["method"] = _dfm_method(2)
+            register_preset(f"emoji-latent-dfm-{size}", latent)
         if size == "b":
             continue
         video = copy.deepcopy(base)

@@ -36,13 +36,13 @@ grid (DFM): then ``h`` and every node time are per stage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import torch
 
+from progflow.checkpoint import weights_hash  # noqa: F401 (re-exported: a fit records its backbone's)
 from progflow.errors import ConfigError
 from progflow.solvers.ode import lin
 from progflow.solvers.spec import SolverSpec
@@ -207,16 +207,6 @@ def registered_specs() -> list:
 
 
 # ---- the fitted SideNet of a run -------------------------------------------------------------------------
-def weights_hash(module: torch.nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes, bytes, in name order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def read_solver_record(solver_dir: Path) -> dict:
     f = Path(solver_dir) / "solver.json"
     try:
