@@ -243,7 +243,10 @@ def run_solvers(args) -> Path:
     ref_feats = reference_stats(extractor, data_dir=args.data_dir)
     header = {**result_header(args.seed), "benchmark": "solvers", "settings": s,
               "torch_threads": torch.get_num_threads(),
-              "notes": {"base-s": "fmnist-base-s trained at its preset budget (1500 steps), headline points only"}}
+              "notes": {"base-s": "fmnist-base-s trained at its preset budget (1500 steps), headline points only: "
+                                  "the FD NFEs at shifts 1 and 2 (on base xs, shift 3 won no headline cell but ba1's at 5 NFE), NFE 100 for "
+                                  "Euler only (the others are scored at 100 NFE nowhere), ba / ba1 at 5 and 10 "
+                                  "(bench solvers --nfes / --shifts); measured alongside another 1-thread process"}}
     print(f"solver benchmark: {s}", flush=True)
     runs = []
     for arm, (run, profile) in arms.items():
