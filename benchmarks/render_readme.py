@@ -221,6 +221,10 @@ def solvers_learned_table() -> str:
                 f"{row[f'{n}_rms_nfe{k}']:.4f}" if f"{n}_rms_nfe{k}" in row else "-" for n in ("ba", "ba1")
                 for k in (5, 10)) + " |")
         trip = run["round_trip"]
+        if trip is None:  # the headline profile (size s) measures no round trips
+            lines += ["", "(No round trips on this run: the headline profile measures the fit, its sweep row and "
+                      "the timing only.)"]
+            continue
         nfes = sorted({t["nfe"] for t in trip if t["solver"] != "dopri5"})
         lines += ["", "Round trip (invert test images to noise, regenerate; RMS to the input):", "",
                   "| solver | " + " | ".join(f"@{n}" for n in nfes) + " |", "|---" * (1 + len(nfes)) + "|"]
