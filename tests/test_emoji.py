@@ -296,3 +296,24 @@ def test_quality_benchmark_on_emoji(tmp_path, emoji_dir):
     assert cached["key"]["features"].startswith("emoji-classifier-emoji-cnn-v1")
     # the reference is the fixture's emoji test split, cached under the emoji name
     assert list((tmp_path / "cache").glob("ref-emoji-test-emoji-classifier-*.npz"))
+
+
+def test_quality_benchmark_latent_arms_on_emoji(tmp_path, emoji_dir):
+    """`bench quality --dataset emoji --arms base-latent dfm2-latent-eq`: each autoencoder trains
+    once and is scored, the latent arms train at the pixel base's FLOPs (more steps) on its latents."""
+    from conftest import cli_env, run_cli
+
+    env = cli_env(PROGFLOW_CACHE=str(tmp_path / "cache"))
+    run_cli("bench", "quality", "--dataset", "emoji", "--tiny", "--arms", "base-latent", "dfm2-latent-eq",
+            "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs", "--data-dir", emoji_dir, env=env, check=0,
+            timeout=600)
+    r = json.loads((tmp_path / "quality_emoji_tiny.json").read_text())
+    assert set(r["autoencoders"]) == {"emoji-ae", "emoji-ae-eq"}
+    assert all(np.isfinite(a["psnr"]) and a["latent_shape"] == [4, 16, 16] for a in r["autoencoders"].values())
+    runs = {x["arm"]: x for x in r["runs"]}
+    assert set(runs) == {"base-latent", "dfm2-latent-eq"}
+    root = tmp_path / "runs" / "bench-quality-emoji-tiny"
+    assert runs["base-latent"]["autoencoder"] == str(root / "emoji-ae")
+    assert runs["dfm2-latent-eq"]["autoencoder"] == str(root / "emoji-ae-eq")
+    assert all(x["train_steps"] > r["settings"]["steps"] for x in runs.values())  # a quarter of the tokens
+    assert all(np.isfinite(f["fd"]) for x in runs.values() for f in x["final"])

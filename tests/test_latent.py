@@ -238,3 +238,4 @@ def test_latent_bad_inputs_are_one_line_errors(tiny_ae, tmp_path):
     assert_one_line_error(run_cli("sample", tiny_ae, "--n", "2"), "does not sample")
     assert_one_line_error(run_cli("eval-ae", dit, "--n", "4"), "not an autoencoder")
     assert not out.exists()
+

@@ -50,13 +50,27 @@ SAMPLE_ABLATIONS = {
 }
 
 
+# latent twins of arms (docs/latent.md): arm -> (preset pattern, the autoencoder preset whose
+# latents it generates). Trained only when named in --arms. Every one gets the pixel base's
+# training FLOPs: its steps and checkpoint spacing are scaled by base's forward FLOPs per image
+# over its own (a 16x16x4 latent at patch 2 has a quarter of the pixel presets' tokens). The
+# autoencoders train once per runs folder (their cost is reported apart, with eval-ae's scores).
+LATENT_ARMS = {
+    "base-latent": ("fmnist-latent-base-{size}", "emoji-ae"),
+    "dfm2-latent": ("fmnist-latent-dfm-{size}", "emoji-ae"),
+    "base-latent-eq": ("fmnist-latent-base-{size}", "emoji-ae-eq"),
+    "dfm2-latent-eq": ("fmnist-latent-dfm-{size}", "emoji-ae-eq"),
+}
+
+
 # the datasets the benchmark runs on: preset prefix, the suffix of its result file and runs
 # folder, the arms that have presets there (None: every arm), and the arms trained on every seed
 DATASETS = {
     "fashion-mnist": {"prefix": "fmnist-", "tag": "", "arms": None, "title": "Fashion-MNIST 32px"},
     # the issue's comparison at 64px: base vs 2-stage DFM with the paper's p_q and with the
-    # best p_q of the Fashion-MNIST ablation, every one on every seed
-    "emoji": {"prefix": "emoji-", "tag": "_emoji", "arms": ("base", "dfm2", "dfm2-pq0.3"), "title": "emoji 64px"},
+    # best p_q of the Fashion-MNIST ablation, every one on every seed; and their latent twins
+    "emoji": {"prefix": "emoji-", "tag": "_emoji", "arms": ("base", "dfm2", "dfm2-pq0.3"), "title": "emoji 64px",
+              "latent_arms": tuple(LATENT_ARMS)},
 }
 
 
@@ -115,3 +129,25 @@ def result_names(s: dict, tiny: bool) -> tuple[str, str]:
     tag = f"{DATASETS[s['dataset']]['tag']}{'' if s['size'] == 'xs' else '_' + s['size']}{'_tiny' if tiny else ''}"
     return f"bench-quality{tag}".replace("_", "-"), f"quality{tag}.json"
 
+
+
+def autoencoder_config(preset: str, tiny: bool):
+    """The config a latent arm's autoencoder trains with (tiny: seconds on synthetic data)."""
+    cfg = preset_config(preset, seed=0, log_every=1 if tiny else 20)
+    if tiny:
+        cfg = cfg.with_overrides({"data.dataset": "synthetic", "data.n": 64, "model.width": 4, "steps": 2,
+                                  "batch_size": 8, "warmup": 1})
+    return cfg
+
+
+def latent_overrides(arm: str, root, s: dict, tiny: bool) -> dict:
+    """A latent arm's training overrides: its autoencoder's run folder, and steps and
+    checkpoint spacing scaled to the pixel base's training FLOPs."""
+    from progflow.info import model_info
+
+    pattern, ae = LATENT_ARMS[arm]
+    cfg = _config(pattern, {}, 0, s, tiny)
+    pixel = _config(ARMS["base"][0], {}, 0, s, tiny)
+    ratio = model_info(pixel)["flops"] / model_info(cfg)["flops"]
+    return {"data.autoencoder": str(root / ae), "steps": max(1, round(s["steps"] * ratio)),
+            "ckpt_every": max(1, round(s["eval_every"] * ratio))}

@@ -15,6 +15,12 @@ sampling one image per arm. Results go to ``benchmarks/results/quality[_emoji][_
 runs to ``RUNS_DIR/bench-quality[-emoji][-SIZE][-tiny]/ARM-seedN``. Multi-stage runs also get
 their stage diagnostics (``progflow diagnose``).
 
+On emoji, the latent twins of base and DFM (``base-latent``, ``dfm2-latent``, and ``-eq`` with
+the scale-equivariant autoencoder; :data:`~progflow.bench.arms.LATENT_ARMS`) train when named
+in ``--arms``, at the pixel base's training FLOPs (their steps scaled up); their autoencoders
+train first, once per runs folder, and are scored with ``progflow eval-ae`` (``autoencoders``
+in the result). Their sampling times include decoding.
+
 Each finished run keeps its scores in ``<run>/bench_result.json`` (with the settings
 they were made with), so an interrupted benchmark picks up where it stopped and
 ``--arms`` can split the work over processes (e.g. two 1-thread processes on two cores);
@@ -32,8 +38,9 @@ from pathlib import Path
 
 import torch
 
-from progflow.bench.arms import (ARMS, DATASETS, FINAL_SEED, SAMPLE_ABLATIONS, SEED_ARMS,
-                                 TRAIN_ABLATIONS, _config, _main_arms, _sampler, _settings, result_names)
+from progflow.bench.arms import (ARMS, DATASETS, FINAL_SEED, LATENT_ARMS, SAMPLE_ABLATIONS, SEED_ARMS,
+                                 TRAIN_ABLATIONS, _config, _main_arms, _sampler, _settings, autoencoder_config,
+                                 latent_overrides, result_names)
 from progflow.bench.common import logged_train_seconds, result_header, train_steps, write_result
 from progflow.bench.plots import quality_plot
 from progflow.errors import ConfigError
@@ -158,6 +165,7 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
                                  **_sampler(s))
         print(f"  {name} sampling variant {vname}: FD {variants[vname]['fd']:.2f}", flush=True)
     return {"arm": name, "seed": cfg.seed, "preset": cfg.preset, "method": cfg.to_dict()["method"],
+            "train_steps": cfg.steps, "autoencoder": cfg_r.data.autoencoder or None,
             "train_wall_s": wall, "train_images_per_s_median": ips, "curve": curve, "final": final,
             "sampling_variants": variants}
 
@@ -297,6 +305,33 @@ def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:
     return diagnose_run(run, n=min(1000, n_ref), data_dir=data_dir, progress=False)
 
 
+AE_RESULT = "bench_ae.json"  # an autoencoder's training time and eval-ae scores, beside its run
+
+
+def _autoencoder(root: Path, preset: str, tiny: bool, data_dir) -> dict:
+    """Train the autoencoder ``preset`` into ``root/preset`` (resumed if partly done) and
+    score it with eval-ae; the record is kept in ``AE_RESULT`` and read back from there."""
+    from progflow.eval.reconstruction import evaluate_autoencoder
+    from progflow.train import train
+
+    run = root / preset
+    if (run / AE_RESULT).exists():
+        return json.loads((run / AE_RESULT).read_text())
+    cfg = autoencoder_config(preset, tiny)
+    print(f"[autoencoder {preset}] {cfg.steps} training steps", flush=True)
+    train(cfg, run, resume=True, progress=False)
+    scores = evaluate_autoencoder(run, n=16 if tiny else 1000, data_dir=data_dir, progress=False)
+    from progflow.info import model_info
+
+    record = {"preset": preset, "steps": cfg.steps, "train_wall_s": logged_train_seconds(run / "log.jsonl", cfg.batch_size),
+              "decode_gflop": model_info(cfg)["decoder_flops"] / 1e9,
+              **{k: scores[k] for k in ("latent_shape", "psnr", "psnr_half", "fd_reconstructions", "fd_originals")}}
+    write_result(record, run / AE_RESULT)
+    print(f"  autoencoder {preset}: PSNR {record['psnr']:.2f} dB, FD of reconstructions {record['fd_reconstructions']}",
+          flush=True)
+    return record
+
+
 def run_quality(args) -> Path:
     from progflow.eval import get_extractor
     from progflow.eval.evaluate import reference_images, reference_set
@@ -317,6 +352,9 @@ def run_quality(args) -> Path:
         if data["arms"] is not None and arm not in data["arms"]:
             continue
         jobs += [(arm, pattern, over, seed, arm not in seed_arms and i > 0) for i, seed in enumerate(s["seeds"])]
+    for arm in data.get("latent_arms", ()):  # trained only when named in --arms
+        over = latent_overrides(arm, root, s, tiny)
+        jobs += [(arm, LATENT_ARMS[arm][0], over, seed, True) for seed in s["seeds"]]
     known = {arm for arm, *_ in jobs}
     chosen = set(args.arms or known)
     if chosen - known:
@@ -329,6 +367,8 @@ def run_quality(args) -> Path:
     print(f"quality benchmark: {s}", flush=True)
     earlier, timing = _earlier_runs(out, s)
     runs = {}
+    autoencoders = {ae: json.loads((root / ae / AE_RESULT).read_text()) for ae in {v[1] for v in LATENT_ARMS.values()}
+                    if (root / ae / AE_RESULT).exists()}  # trained by an earlier or a parallel call
     for arm, pattern, over, seed, optional in jobs:
         cfg = _config(pattern, over, seed, s, tiny)
         variants = SAMPLE_ABLATIONS.get(arm, {}) if (seed == s["seeds"][0] and s["ablations"]) else {}
@@ -336,6 +376,8 @@ def run_quality(args) -> Path:
         if not run.exists() and (arm, seed) in earlier:  # its run directory is not on this machine
             runs[run] = earlier[arm, seed]
         elif arm in chosen and not (optional and args.arms is None) and not args.collect:
+            if arm in LATENT_ARMS:  # its autoencoder first (trained once per runs folder, then read)
+                autoencoders[LATENT_ARMS[arm][1]] = _autoencoder(root, LATENT_ARMS[arm][1], tiny, args.data_dir)
             print(f"[{arm} seed {seed}] {cfg.steps} training steps", flush=True)
             runs[run] = _train_and_score(arm, cfg, root, s, extractor, ref, variants, band_ref)
         elif (cached := _cached(run, _cache_key(cfg, s, extractor, variants))) is not None:
@@ -346,7 +388,8 @@ def run_quality(args) -> Path:
             if not tiny and (diag := _diagnose(run, cfg, len(ref[0]), args.data_dir)) is not None:
                 runs[run]["diagnose"] = {k: diag[k] for k in ("n", "scores", "training_share") if k in diag}
         done = [runs[r] for r in sorted(runs)]
-        write_result({**header, "step_time": timing, "runs": done, "summary": _summary(done, s["cfg_scales"])}, out)
+        write_result({**header, "step_time": timing, "autoencoders": autoencoders, "runs": done,
+                      "summary": _summary(done, s["cfg_scales"])}, out)
     if args.arms is None and not args.collect:  # the whole benchmark: time the step with the CPU to itself
         timing = step_time_ratio(s, tiny)
         print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
@@ -356,10 +399,10 @@ def run_quality(args) -> Path:
         diags = [r["diagnose"]["scores"] for r in done if r["arm"] == arm and r.get("diagnose")]
         if diags:  # stage diagnostics, mean over the seeds that have them
             row["diagnose_fd"] = {k: statistics.mean(d[k]["fd"] for d in diags) for k in diags[0]}
-        cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS}) else None
+        cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS, **{a: (v[0], {}) for a, v in LATENT_ARMS.items()}}) else None
         if cfg is not None and not getattr(cfg.method, "standardize", False):  # (that needs the data's stage std)
             row["sample_cost"] = _sample_cost(cfg, s)
-    write_result({**header, "step_time": timing, "runs": done, "summary": summary}, out)
+    write_result({**header, "step_time": timing, "autoencoders": autoencoders, "runs": done, "summary": summary}, out)
     plot = out.with_suffix(".png")
     quality_plot(done, plot, data["title"])
     print(json.dumps(summary, indent=1))
