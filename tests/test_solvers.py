@@ -402,7 +402,7 @@ def test_solver_benchmark_tiny_writes_json_plots_and_resumes(tmp_path, quick_cla
     for run in r["runs"]:
         rows = run["endpoint"]
         assert {row["solver"] for row in rows} == (set(FIXED) if run["profile"] == "full" else
-                                                   {"euler", "heun", "midpoint", "dpmpp2m"})
+                                                   {"euler", "heun", "midpoint", "ab2", "dpmpp2m"})
         for row in rows:
             spec = get_solver(row["solver"])
             assert row["rms"] >= 0 and row["ms_per_image"] > 0 and row["nfe"] in r["settings"]["nfes"]
@@ -418,7 +418,7 @@ def test_solver_benchmark_tiny_writes_json_plots_and_resumes(tmp_path, quick_cla
         assert (tmp_path / plot).stat().st_size > 1000
     # a second call reads every run's cached results instead of sampling again
     cache = sorted((tmp_path / "runs").rglob("bench_solvers/*.json"))
-    assert len(cache) == 6 + 6 + 4 + 3 * 2  # per solver, and the reference with its check
+    assert len(cache) == 6 + 6 + 5 + 3 * 2  # per solver, and the reference with its check
     for run in r["runs"]:  # dopri5 at 10x the tolerance, on the same samples, lands close
         assert 0 < run["reference"]["rms_of_10x_looser"] < 1e-2
     before = [c.stat().st_mtime_ns for c in cache]

@@ -19,7 +19,7 @@ Runs (``--arms``, default all): ``base`` and ``dfm2`` are the quality benchmark'
 ``<runs-dir>/bench-quality/{base,dfm2}-seed<seed>`` (``xs``, ``--steps``, default 5,000);
 reused when finished, trained with the quality benchmark's recipe when missing.
 ``base-s`` is ``fmnist-base-s`` at its preset budget (``<runs-dir>/bench-solvers/``),
-measured on the headline points only (FD NFEs; Euler, Heun / midpoint, DPM-Solver++(2M)).
+measured on the headline points only (FD NFEs; Euler, Heun / midpoint, AB2, DPM-Solver++(2M)).
 ``--run DIR`` measures any run instead, in full.
 
 Solvers are names of :mod:`progflow.solvers`; each is bound to the run it measures
@@ -49,7 +49,7 @@ FD_NFES = (5, 10, 20, 100)
 SHIFTS = (1.0, 2.0, 3.0)
 FD_TOP_SOLVERS = ("euler",)  # the only solvers scored at the largest FD NFE
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "ab2", "dpmpp2m")
-HEADLINE_SOLVERS = ("euler", "heun", "midpoint", "dpmpp2m")
+HEADLINE_SOLVERS = ("euler", "heun", "midpoint", "ab2", "dpmpp2m")  # ab2: the best FD at 5-10 NFE on base xs
 FD_SEED = 200  # noise of the FD samples (as bench quality's final); the endpoint samples': endpoints.ERR_SEED
 # arm -> where its run comes from and what is measured on it
 ARMS = {
