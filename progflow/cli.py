@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ea = sub.add_parser("eval-ae", help="score an autoencoder run: reconstruction PSNR, FD of reconstructions (JSON)")
     ea.add_argument("run_dir", help="run directory written by `progflow train-ae`")
-    ea.add_argument("--n", type=int, default=1000, help="test images to reconstruct (default 1000)")
+    ea.add_argument("--n", type=int, default=None, help="test images to reconstruct (default 1000, or the whole "
+                    "test split when smaller)")
     ea.add_argument("--batch-size", type=int, default=250)
     ea.add_argument("--out", help="output JSON (default RUN_DIR/eval_ae.json; a grid of pairs beside it)")
     ea.add_argument("--data-dir")

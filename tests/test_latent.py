@@ -189,6 +189,12 @@ def test_eval_ae_reports_psnr_and_the_equivariance_check(tiny_ae, tmp_path):
     assert r["latent_shape"] == [4, 8, 8] and np.isfinite(r["psnr"]) and np.isfinite(r["psnr_half"])
     assert r["fd_reconstructions"] is None  # synthetic data: no scoring classifier
     assert json.loads(out.read_text()) == r and out.with_suffix(".png").exists()
+    # by default 1,000 images, or the whole test split when it is smaller (here 128)
+    r = json.loads(run_cli("eval-ae", tiny_ae, "--out", tmp_path / "d.json", "--no-progress", check=0).stdout)
+    assert r["n"] == 128
+    assert_one_line_error(run_cli("eval-ae", tiny_ae, "--n", "129", "--out", tmp_path / "x.json"),
+                          "--n 129 exceeds the 128 test images")
+    assert not (tmp_path / "x.json").exists()
 
 
 # ---- a diffusers AutoencoderKL saved locally ------------------------------------------------------

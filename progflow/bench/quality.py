@@ -320,7 +320,7 @@ def _autoencoder(root: Path, preset: str, tiny: bool, data_dir) -> dict:
     cfg = autoencoder_config(preset, tiny)
     print(f"[autoencoder {preset}] {cfg.steps} training steps", flush=True)
     train(cfg, run, resume=True, progress=False)
-    scores = evaluate_autoencoder(run, n=16 if tiny else 1000, data_dir=data_dir, progress=False)
+    scores = evaluate_autoencoder(run, n=16 if tiny else None, data_dir=data_dir, progress=False)
     from progflow.info import model_info
 
     record = {"preset": preset, "steps": cfg.steps, "train_wall_s": logged_train_seconds(run / "log.jsonl", cfg.batch_size),

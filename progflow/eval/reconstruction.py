@@ -29,6 +29,7 @@ from progflow.checks import check_count, check_out_file, check_run_dir
 from progflow.errors import ConfigError
 
 SCORED = ("fashion-mnist", "emoji")
+DEFAULT_N = 1000
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -37,13 +38,16 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_autoencoder(run_dir, *, n: int = 1000, data_dir=None, out=None, batch_size: int = 250,
+def evaluate_autoencoder(run_dir, *, n: int | None = None, data_dir=None, out=None, batch_size: int = 250,
                          progress: bool = True) -> dict:
+    """Scores of the autoencoder run in ``run_dir`` (see the module docstring) on ``n`` test
+    images (default: 1,000, or the whole test split when it is smaller)."""
     from progflow.checkpoint import atomic_write_text
     from progflow.data import center_crop, load_dataset, output_crop, save_grid_png, to_model_range, to_uint8
     from progflow.sampling import load_run, to_nhwc
 
-    check_count(n, "--n", minimum=2)
+    if n is not None:
+        check_count(n, "--n", minimum=2)
     check_count(batch_size, "--batch-size")
     check_run_dir(run_dir)
     out = check_out_file(out or Path(run_dir) / "eval_ae.json", suffix=".json")
@@ -53,7 +57,9 @@ def evaluate_autoencoder(run_dir, *, n: int = 1000, data_dir=None, out=None, bat
     d = cfg.data
     test = load_dataset(d.dataset, split="test", data_dir=data_dir or d.data_dir, image_size=d.image_size,
                         channels=d.channels, n=d.n, seed=cfg.seed)
-    if n > len(test):
+    if n is None:
+        n = min(DEFAULT_N, len(test))
+    elif n > len(test):
         raise ConfigError(f"--n {n} exceeds the {len(test)} test images of {d.dataset}")
     idx = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(test))[:n]))
     images, labels = test.images[idx], test.labels[idx]
