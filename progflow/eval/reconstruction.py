@@ -12,7 +12,9 @@ posterior mean and decoded:
 * ``psnr_half``: the scale-equivariance check, PSNR of decoding the 2x2-average-pooled
   latent against the 2x2-average-pooled image (what the ``equivariance`` term trains).
 
-Writes ``RUN/eval_ae.json`` (or ``out``) and a PNG of original / reconstruction pairs.
+Writes ``RUN/eval_ae.json`` (or ``out``), headed by the command, machine and date, and a PNG of
+original / reconstruction pairs. When ``n`` is the whole test split, ``fd_originals`` is 0:
+the originals are then the reference itself.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def evaluate_autoencoder(run_dir, *, n: int | None = None, data_dir=None, out=No
         recs.append(to_uint8(center_crop(rec, crop)))
     recs = torch.cat(recs)
     originals = to_uint8(center_crop(to_model_range(images), crop))
-    result = {"run": str(run_dir), "checkpoint": str(path), "dataset": d.dataset, "n": n,
+    from progflow.bench.common import result_header  # (command, machine, date: a result file like the benchmarks')
+
+    result = {**result_header(0), "run": str(run_dir), "checkpoint": str(path), "dataset": d.dataset, "n": n,
               "latent_shape": list(model.latent_shape), "psnr": float(torch.cat(psnr).mean()),
               "psnr_half": float(torch.cat(psnr_half).mean()), "fd_reconstructions": None, "fd_originals": None}
     if d.dataset in SCORED:
