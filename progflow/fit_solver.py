@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from progflow import checkpoint as ckpt
+from progflow.checkpoint import weights_hash
 from progflow.checks import MAX_NFE, check_count, check_out_dir, check_run_dir
 from progflow.config import _check_positive, check_fields, parse_override
 from progflow.data import to_model_range
@@ -50,7 +51,7 @@ from progflow.nn.sidenet import SideNetConfig, build_sidenet
 from progflow.paths import expand_time
 from progflow.rng import BatchRandom, derive_seed
 from progflow.runlock import run_lock
-from progflow.solvers.ba import ALPHA, SOLVER_DIR, WEIGHTS, weights_hash
+from progflow.solvers.ba import ALPHA, SOLVER_DIR, WEIGHTS
 from progflow.solvers.phases import Phase, path_state, record_phases, to_state
 from progflow.train import BatchOrder, check_resumable, resume_point, training_loop
 

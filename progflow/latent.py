@@ -70,7 +70,7 @@ class Codec:
 
 def _run_codec(path: Path) -> Codec:
     from progflow.checkpoint import weights_hash
-    from progflow.sampling import load_run
+    from progflow.runs import load_run
 
     cfg, model, _ = load_run(path)
     if cfg.model.arch != "autoencoder":
@@ -220,11 +220,8 @@ def load_run_data(cfg, split: str = "train", *, data_dir=None, progress: bool = 
         data = load_dataset(d.dataset, split=split, image_size=d.image_size, channels=d.channels,
                             frames=d.frames or 8, **kwargs)
         return data, cfg
-    codec = load_codec(d.autoencoder)
+    codec = _run_codec_of(d)
     check_codec(d, codec)
-    if d.latent_hash and d.latent_hash != codec.weights_hash:
-        raise ConfigError(f"data.autoencoder {codec.name} has other weights than the ones this run was trained with "
-                          f"(hash {codec.weights_hash[:12]}, the run's {d.latent_hash[:12]})")
     c, s, _ = codec.image_shape
     pixels = load_dataset(d.dataset, split=split, image_size=s, channels=c, **kwargs)
     z, _ = encoded_latents(codec, pixels, split, progress=progress)
@@ -250,10 +247,12 @@ class LatentData(ImageData):
 
 
 def _run_codec_of(data) -> Codec:
+    """The run's autoencoder, refused when its weights are not the ones the run was trained with."""
     codec = load_codec(data.autoencoder)
     if data.latent_hash and data.latent_hash != codec.weights_hash:
-        raise ConfigError(f"data.autoencoder {codec.name} has other weights than the ones this run was trained with; "
-                          "its latents would decode wrongly")
+        raise ConfigError(f"data.autoencoder {codec.name} has other weights than the ones this run was trained with "
+                          f"(hash {codec.weights_hash[:12]}, the run's {data.latent_hash[:12]}); its latents would "
+                          "decode wrongly")
     return codec
 
 

@@ -15,50 +15,15 @@ import torch
 from tqdm import tqdm
 
 from progflow import checkpoint as ckpt
-from progflow.checks import check_device, check_out_dir, check_out_file, check_run_dir, check_sampling_args
+from progflow.checks import check_out_dir, check_out_file, check_run_dir, check_sampling_args
 from progflow.config import TrainConfig
 from progflow.data import center_crop, output_crop, save_grid_png, save_video, to_uint8
-from progflow.errors import CheckpointError, ProgflowError
+from progflow.errors import ProgflowError
 from progflow.hardware import bf16_autocast
 from progflow.latent import to_pixels
 from progflow.methods import build_method
-from progflow.nn.dit import build_model
 from progflow.rng import generator
-from progflow.train import load_run_config
-
-def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
-    run_dir = Path(run_dir)
-    found = ckpt.list_checkpoints(run_dir / "ckpt")
-    if step is not None:
-        found = [p for p in found if p == ckpt.step_dir(run_dir / "ckpt", step)]
-    if not found:
-        what = f"checkpoint at step {step}" if step is not None else "checkpoint"
-        raise CheckpointError(f"{run_dir} has no {what} (looked in {run_dir / 'ckpt'})")
-    return found[-1]
-
-
-def load_run(run_dir: str | Path, *, step: int | None = None, ema: bool = True, device: str = "cpu"):
-    """``(cfg, model, checkpoint_folder)`` with the EMA (default) or raw weights, in eval mode.
-
-    A reader takes no lock: checkpoints appear whole (atomic rename), and one pruned by a
-    training process between listing and reading is replaced by the newer one."""
-    run_dir = Path(run_dir)
-    check_device(device)
-    check_run_dir(run_dir)
-    cfg = load_run_config(run_dir)
-    part = "ema" if ema else "model"
-    for attempt in range(3):
-        path = find_checkpoint(run_dir, step)
-        try:
-            tensors, _ = ckpt.load_checkpoint(path, parts=(part,))
-            break
-        except CheckpointError:
-            if path.exists() or step is not None or attempt == 2:
-                raise
-    model = build_model(cfg)
-    ckpt.load_state_dict_checked(model, tensors[part], path / f"{part}.safetensors")
-    return cfg, model.to(device).eval(), path
-
+from progflow.runs import load_run  # (also imported from here by callers)
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(n) % num_classes

@@ -36,6 +36,7 @@ from progflow.methods import build_method, method_class
 from progflow.nn.dit import build_model, count_parameters
 from progflow.rng import BatchRandom, derive_seed, generator
 from progflow.runlock import run_lock
+from progflow.runs import load_run_config  # noqa: F401 (re-exported: progflow.train.load_run_config)
 
 
 class Distributed:
@@ -124,16 +125,6 @@ def check_resume_config(saved: TrainConfig, wanted: TrainConfig, run_dir: Path) 
             diffs.append(key)
     if diffs:
         raise CheckpointError(f"--resume: config does not match the run in {run_dir} (differs in {', '.join(diffs)})")
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    f = Path(run_dir) / "config.json"
-    try:
-        return TrainConfig.from_dict(json.loads(f.read_text()))
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} is not a progflow run (no config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{f} is corrupt (not JSON)") from None
 
 
 def _log_record(line: str):

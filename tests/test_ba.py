@@ -309,7 +309,7 @@ def test_fit_writes_solver_dir_with_backbone_hash(fitted):
     rec = json.loads((run / "solver" / "solver.json").read_text())
     assert rec["steps_done"] == 8 and len(rec["backbone_hash"]) == 64 and rec["fit_wall_s"] > 0
     from progflow.sampling import load_run
-    from progflow.solvers.ba import weights_hash
+    from progflow.checkpoint import weights_hash
 
     assert rec["backbone_hash"] == weights_hash(load_run(run)[1])
     assert [json.loads(x)["step"] for x in (run / "solver" / "log.jsonl").read_text().splitlines()] == list(range(1, 9))

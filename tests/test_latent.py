@@ -129,6 +129,19 @@ def test_latent_cache_is_rebuilt_when_the_weights_or_the_data_change(tiny_ae, tm
     assert codec2.weights_hash != codec.weights_hash
     z4, cached = encoded_latents(codec2, data, "train")
     assert not cached and not torch.allclose(z4, z)
+    # a run trained with other autoencoder weights is refused, for its data and for decoding
+    from progflow.errors import ConfigError
+    from progflow.latent import load_run_data, to_pixels
+
+    cfg = preset_config("fmnist-base-xs").with_overrides({
+        "data.dataset": "synthetic", "data.n": 64, "data.channels": 4, "data.image_size": 8, "model.patch": 2,
+        "data.autoencoder": str(ae2), "data.latent_scale": 1.0, "data.latent_hash": codec.weights_hash})
+    with pytest.raises(ConfigError, match="other weights"):
+        load_run_data(cfg, "test")
+    with pytest.raises(ConfigError, match="other weights"):
+        to_pixels(cfg.data, torch.zeros(1, 4, 8, 8))
+    ok = cfg.with_overrides({"data.latent_hash": codec2.weights_hash})
+    assert load_run_data(ok, "test")[0].images.shape[1:] == (4, 8, 8)
 
 
 # ---- latent runs end to end ----------------------------------------------------------------------

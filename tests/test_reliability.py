@@ -323,16 +323,16 @@ def test_overwrite_replaces_the_run(world, tmp_path, one_thread):
 
 
 def test_a_reader_takes_the_newer_checkpoint_when_one_is_pruned_under_it(world, monkeypatch):
-    import progflow.sampling as sampling
+    import progflow.runs as runs
 
-    real, calls = sampling.find_checkpoint, []
+    real, calls = runs.find_checkpoint, []
 
     def racing(run_dir, step=None):  # the first listing names a checkpoint a writer then prunes
         calls.append(1)
         return Path(run_dir) / "ckpt" / "step_00000001" if len(calls) == 1 else real(run_dir, step)
 
-    monkeypatch.setattr(sampling, "find_checkpoint", racing)
-    _, _, path = sampling.load_run(world.run)
+    monkeypatch.setattr(runs, "find_checkpoint", racing)
+    _, _, path = runs.load_run(world.run)
     assert path.name == "step_00000002" and len(calls) == 2
 
 

@@ -143,11 +143,11 @@ def autoencoder_config(preset: str, tiny: bool):
 def latent_overrides(arm: str, root, s: dict, tiny: bool) -> dict:
     """A latent arm's training overrides: its autoencoder's run folder, and steps and
     checkpoint spacing scaled to the pixel base's training FLOPs."""
-    from progflow.info import model_info
+    from progflow.info import training_flops
+    from progflow.nn.dit import build_model
 
     pattern, ae = LATENT_ARMS[arm]
-    cfg = _config(pattern, {}, 0, s, tiny)
-    pixel = _config(ARMS["base"][0], {}, 0, s, tiny)
-    ratio = model_info(pixel)["flops"] / model_info(cfg)["flops"]
+    flops = lambda cfg: training_flops(build_model(cfg).eval(), {})[0]  # noqa: E731 (forward FLOPs per image)
+    ratio = flops(_config(ARMS["base"][0], {}, 0, s, tiny)) / flops(_config(pattern, {}, 0, s, tiny))
     return {"data.autoencoder": str(root / ae), "steps": max(1, round(s["steps"] * ratio)),
             "ckpt_every": max(1, round(s["eval_every"] * ratio))}

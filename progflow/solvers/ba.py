@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from progflow.checkpoint import weights_hash  # noqa: F401 (re-exported: a fit records its backbone's)
+from progflow.checkpoint import weights_hash
 from progflow.errors import ConfigError
 from progflow.solvers.ode import lin
 from progflow.solvers.spec import SolverSpec
