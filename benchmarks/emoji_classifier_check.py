@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from progflow.bench.common import result_header, write_result
+from progflow.results import result_header, write_result
 from progflow.data.emoji import load_emoji
 from progflow.eval.evaluate import evaluate_arrays, reference_set
 from progflow.eval.features import get_extractor

@@ -51,7 +51,7 @@ def _precision(out: Path, bf16: bool | None, dataset: str) -> bool:
 
 
 def _demo(*, out: Path, steps, n, nfe, cfg_scale, seed, data_dir, dataset, bf16) -> dict:
-    from progflow.bench.common import result_header
+    from progflow.results import result_header
     from progflow.eval import evaluate_npz, get_extractor
     from progflow.eval.features import default_spec
     from progflow.sampling import sample_run

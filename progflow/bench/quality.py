@@ -46,13 +46,6 @@ from progflow.bench.plots import quality_plot
 from progflow.errors import ConfigError
 
 
-
-
-
-
-
-
-
 def _score(cfg, model, extractor, ref, *, n: int, seed: int, nfe: int, cfg_scale: float, band_ref=None,
            solver=None, shift: float | None = None) -> dict:
     """Sample ``n`` images and score them; with ``band_ref`` (uint8 NHWC reference images)
@@ -170,8 +163,6 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
             "sampling_variants": variants}
 
 
-
-
 def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dict:
     """Interleaved timing of one training step per arm (same batch), median over rounds."""
     from progflow.methods import build_method
@@ -220,8 +211,6 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
             for w in cfg_scales:
                 row[f"fd_ratio_to_base_cfg{w}"] = row[f"fd_cfg{w}"]["mean"] / out["base"][f"fd_cfg{w}"]["mean"]
     return out
-
-
 
 
 def run_timing(args) -> Path:
@@ -285,8 +274,6 @@ def _sample_cost(cfg, s: dict) -> dict:
     cost = sampling_cost(cfg, build_model(cfg).eval(), nfe=s["nfe"])
     return {"nfe": cost["nfe"], "gflop": cost["flops"] / 1e9,
             **({"calls": {k: v["calls"] for k, v in cost["parts"].items()}} if "parts" in cost else {})}
-
-
 
 
 def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:

@@ -76,7 +76,7 @@ def evaluate_autoencoder(run_dir, *, n: int | None = None, data_dir=None, out=No
         recs.append(to_uint8(center_crop(rec, crop)))
     recs = torch.cat(recs)
     originals = to_uint8(center_crop(to_model_range(images), crop))
-    from progflow.bench.common import result_header  # (command, machine, date: a result file like the benchmarks')
+    from progflow.results import result_header  # (command, machine, date: a result file like the benchmarks')
 
     result = {**result_header(0), "run": str(run_dir), "checkpoint": str(path), "dataset": d.dataset, "n": n,
               "latent_shape": list(model.latent_shape), "psnr": float(torch.cat(psnr).mean()),
