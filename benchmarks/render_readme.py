@@ -57,19 +57,31 @@ def speed_table() -> str:
     return "\n".join(lines)
 
 
-def quality_table() -> str:
-    f = RESULTS / "quality.json"
+QUALITY_TITLE = {
+    "quality.json": "Base vs DFM vs FlowAR vs the multi-stage baselines (cascade, Pyramidal Flow) at equal training compute",
+    "quality_emoji.json": "64px colour emoji: base vs DFM, in pixels and in the latents of progflow's autoencoders, at equal "
+                          "training compute",
+}
+SAMPLE_COST_ARMS = ("base", "dfm2", "flowar", "flowar-2scales", "cascade", "pyramidal", "base-latent", "dfm2-latent",
+                    "base-latent-eq", "dfm2-latent-eq")
+
+
+def quality_table(name: str = "quality.json") -> str:
+    f = RESULTS / name
     if not f.exists():
-        return "_No quality result committed yet._"
+        return f"_No `{name}` result committed yet._"
     r = json.loads(f.read_text())
     s = r["settings"]
     scales = s["cfg_scales"]
-    lines = [f"**Base vs DFM vs FlowAR vs the multi-stage baselines (cascade, Pyramidal Flow) at equal training compute** (`{r['command']}`, {r['date']}): model size "
-             f"`{s['size']}`, {s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}, FD of {s['n']} "
-             f"class-balanced samples at {s['nfe']} NFE (DFM and the cascade: 30 + 10 for 2 stages; Pyramidal Flow: "
-             f"20 + 20 over its 2 windows; FlowAR: {s['nfe']} flow-head evaluations, split evenly over its scales, "
-             f"plus one cached AR pass per scale), EMA weights; "
-             "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1; train "
+    latent = any(run.get("autoencoder") for run in r["runs"])
+    lines = [f"**{QUALITY_TITLE.get(name, name)}** (`{r['command']}`, {r['date']}): model size "
+             f"`{s['size']}`, {s['steps']} steps of batch {s['batch_size']}, lr {s['lr']}"
+             + (" (the latent arms: steps scaled up to the pixel base's training FLOPs)" if latent else "")
+             + f", FD of {s['n']} class-balanced samples at {s['nfe']} NFE (DFM and the cascade: 30 + 10 for 2 stages; "
+             f"Pyramidal Flow: 20 + 20 over its 2 windows; FlowAR: {s['nfe']} flow-head evaluations, split evenly over "
+             f"its scales, plus one cached AR pass per scale), EMA weights; "
+             "mean ± std over seeds where 2 seeds ran; sample img/s from the timed final sampling at cfg 1"
+             + (" (latent arms: decoding included)" if latent else "") + "; train "
              "img/s (median of the logged windows) and minutes (summed over the windows, resumes included) as measured "
              "during each run: runs that shared the two cores with other work are slower, so compare speed with the "
              "interleaved step-time lines below.", "",
@@ -95,6 +107,19 @@ def quality_table() -> str:
         sources = sorted({run["collected_from"] for run in r["runs"] if run.get("collected_from")})
         lines += ["", f"Runs whose run directories were not on the collecting machine, kept from the earlier result "
                   f"({'; '.join(sources)}): {', '.join(kept)}. Their img/s columns were measured then."]
+    aes = r.get("autoencoders") or {}
+    if aes:
+        lines += ["", "Autoencoders (trained once, scored with `progflow eval-ae` on the test split): " + "; ".join(
+            f"`{k}` {a['steps']} steps in {a['train_wall_s'] / 60:.0f} min, latent {'x'.join(map(str, a['latent_shape']))}, "
+            f"PSNR {a['psnr']:.1f} dB, FD of reconstructions {a['fd_reconstructions']:.1f}, pooled-latent PSNR "
+            f"{a['psnr_half']:.1f} dB, decoding {a['decode_gflop']:.3f} GFLOP per image" for k, a in sorted(aes.items())) + "."]
+    diags = {arm: row["diagnose_fd"] for arm, row in r["summary"].items() if "diagnose_fd" in row}
+    if diags:
+        lines += ["", "Stage diagnostics (`progflow diagnose`, FD; oracle: the fine stage generated from the true "
+                  "coarse stage of test images, clean or noised to the sampler's hand-over; coarse only: the model's "
+                  "coarse stage with no fine stage; true images: the test images' own FD): " + "; ".join(
+                      f"{arm}: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in d.items())
+                      for arm, d in diags.items()) + "."]
     costs = {arm: row["sample_cost"] for arm, row in r["summary"].items() if "sample_cost" in row}
     if costs:
         def cost(arm, c):
@@ -102,8 +127,7 @@ def quality_table() -> str:
             return f"{arm} {c['gflop']:.3f} ({calls})"
 
         lines += ["", "Sampling cost per image, counted FLOPs at cfg 1 (guidance doubles every arm alike), GFLOP: "
-                  + "; ".join(cost(a, costs[a]) for a in ("base", "dfm2", "flowar", "flowar-2scales", "cascade", "pyramidal")
-                             if a in costs)
+                  + "; ".join(cost(a, costs[a]) for a in SAMPLE_COST_ARMS if a in costs)
                   + "."]
     st = r.get("step_time")
     if st:
@@ -115,14 +139,15 @@ def quality_table() -> str:
         lines += ["", "Sampling ablations (the same trained seed-0 model of the arm, cfg 1): "
                   + "; ".join(f"{arm} {k}: FD {v['fd']:.2f}" + (f" at {v['nfe']} NFE" if v["nfe"] != s["nfe"] else "")
                               for arm, k, v in variants) + "."]
-    for t in sorted(RESULTS.glob("step_time_*.json")):
-        if t.stem.endswith("_tiny"):
-            continue
-        tr = json.loads(t.read_text())
-        lines += ["", f"Training step time, model size `{tr['size']}`, batch {tr['batch_size']} (`{tr['command']}`, "
-                  "interleaved, median of 10 rounds): " + ", ".join(
-                      f"{k} {1e3 * tr['step_s'][k]:.0f} ms ({tr['ratio_to_base'][k]:.3f}x)" for k in tr["step_s"]) + "."]
-    lines += ["", "FD vs training step: `benchmarks/results/quality.png`."]
+    if name == "quality.json":
+        for t in sorted(RESULTS.glob("step_time_*.json")):
+            if t.stem.endswith("_tiny"):
+                continue
+            tr = json.loads(t.read_text())
+            lines += ["", f"Training step time, model size `{tr['size']}`, batch {tr['batch_size']} (`{tr['command']}`, "
+                      "interleaved, median of 10 rounds): " + ", ".join(
+                          f"{k} {1e3 * tr['step_s'][k]:.0f} ms ({tr['ratio_to_base'][k]:.3f}x)" for k in tr["step_s"]) + "."]
+    lines += ["", f"FD vs training step: `benchmarks/results/{f.with_suffix('.png').name}`."]
     return "\n".join(lines)
 
 
@@ -241,7 +266,8 @@ def solvers_learned_table() -> str:
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{solvers_table()}\n\n{solvers_learned_table()}\n{END}"
+    block = (f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{quality_table('quality_emoji.json')}\n\n{solvers_table()}"
+             f"\n\n{solvers_learned_table()}\n{END}")
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
