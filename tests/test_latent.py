@@ -20,7 +20,8 @@ LATENT = ["--set", "data.dataset=synthetic", "--set", "data.n=128", "--set", "da
           "data.image_size=8", "--set", "model.depth=1", "--batch-size", "8", "--log-every", "1", "--sample-every",
           "0", "--no-progress"]
 ARGS = {"base": ["--preset", "fmnist-base-xs", "--set", "model.patch=2"],
-        "dfm": ["--preset", "fmnist-dfm-xs", "--set", "model.patch=2", "--set", "model.stage_patches=[1,2]"]}
+        "dfm": ["--preset", "fmnist-dfm-xs", "--set", "model.patch=2", "--set", "model.stage_patches=[1,2]"],
+        "flowar": ["--preset", "fmnist-flowar-xs", "--set", "model.patch=2", "--set", "method.scales=[1,2,4]"]}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,9 @@ def latent_args(kind: str, ae) -> list:
 
 # ---- the network and its objective ---------------------------------------------------------
 def test_every_autoencoder_and_latent_preset_has_matching_shapes():
+    from progflow.methods import build_method
     from progflow.nn.dit import build_model
+    from progflow.rng import BatchRandom
 
     aes = {n: preset_config(n) for n in preset_names() if preset_config(n).method.name == "autoencoder"}
     assert {"emoji-ae", "emoji-ae-eq", "fmnist-ae"} <= set(aes)
@@ -53,8 +56,13 @@ def test_every_autoencoder_and_latent_preset_has_matching_shapes():
         assert mean.shape == logvar.shape == (2, 4, side, side), name
         assert ae.decode(mean).shape == x.shape, name
     latent_side = aes["emoji-ae"].data.image_size // 4
-    for name in ("emoji-latent-base-xs", "emoji-latent-dfm-xs", "emoji-latent-base-s", "emoji-latent-dfm-s"):
+    latent = [n for n in preset_names() if n.startswith("emoji-latent-")]
+    assert {f"emoji-latent-{m}-{s}" for m in ("base", "dfm", "flowar") for s in ("xs", "s")} <= set(latent)
+    for name in latent:  # each one's network takes the latent: one training loss on a latent batch
         cfg = preset_config(name)
+        z = torch.randn(2, *cfg.data.shape)
+        loss, _ = build_method(cfg).loss(build_model(cfg), z, torch.tensor([0, 1]), BatchRandom(0, 0, 2, slice(None)))
+        assert loss.ndim == 0 and torch.isfinite(loss), name
         assert cfg.data.shape == (4, latent_side, latent_side) and cfg.data.autoencoder == "runs/emoji-ae", name
     assert aes["emoji-ae-eq"].method.equivariance > 0 == aes["emoji-ae"].method.equivariance
 
@@ -194,6 +202,16 @@ def test_tiny_latent_run_trains_resumes_samples_and_scores(kind, tiny_ae, tmp_pa
         views = build_method(cfg).stage_diagnostics(model, z, y, generator=torch.Generator().manual_seed(0))
         for name, v in views.items():
             assert v.shape == z.shape and to_pixels(cfg.data, v).shape == (4, 1, 32, 32), name
+
+
+def test_a_tiny_latent_flowar_run_samples_decoded_images(tiny_ae, tmp_path):
+    run = tmp_path / "run"  # FlowAR's scales split the 4x4 token map of the 8x8 latent
+    run_cli("train", *latent_args("flowar", tiny_ae), "--steps", "2", "--out", run, check=0)
+    assert json.loads((run / "config.json").read_text())["data"]["latent_scale"] > 0
+    out = tmp_path / "s.npz"
+    run_cli("sample", run, "--n", "4", "--nfe", "6", "--out", out, "--no-progress", check=0)
+    with np.load(out) as f:
+        assert f["images"].shape == (4, 32, 32, 1)  # decoded to the autoencoder's pixels
 
 
 def test_eval_ae_reports_psnr_and_the_equivariance_check(tiny_ae, tmp_path):

@@ -200,6 +200,15 @@ def _register_presets() -> None:
         preset["model"] = {**preset["model"], "arch": "flowar", **model}
         preset["method"] = {"name": "flowar", "scales": [1, 2, 4, 8], "nfe": 40}
         register_preset(f"fmnist-flowar-{size}", preset)
+        # emoji: 64px RGB at patch 4 is a 16x16 map (one scale more, 341 tokens an image against
+        # base's 256); its 16x16x4 latent at patch 2 is the Fashion-MNIST geometry, 8x8 tokens
+        for name, scales in ((f"emoji-{{}}-{size}", [1, 2, 4, 8, 16]), (f"emoji-latent-{{}}-{size}", [1, 2, 4, 8])):
+            emoji = PRESETS.get(name.format("base"))
+            if emoji is not None:
+                preset = copy.deepcopy(emoji)
+                preset["model"] = {**preset["model"], "arch": "flowar", **model}
+                preset["method"] = {"name": "flowar", "scales": scales, "nfe": 40}
+                register_preset(name.format("flowar"), preset)
 
 
 register_method("flowar", FlowARConfig, FlowAR)
