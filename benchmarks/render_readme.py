@@ -59,11 +59,11 @@ def speed_table() -> str:
 
 QUALITY_TITLE = {
     "quality.json": "Base vs DFM vs FlowAR vs the multi-stage baselines (cascade, Pyramidal Flow) at equal training compute",
-    "quality_emoji.json": "64px colour emoji: base vs DFM, in pixels and in the latents of progflow's autoencoders, at equal "
-                          "training compute",
+    "quality_emoji.json": "64px colour emoji: base vs DFM (and FlowAR), in pixels and in the latents of progflow's "
+                          "autoencoders, at equal training compute",
 }
-SAMPLE_COST_ARMS = ("base", "dfm2", "flowar", "flowar-2scales", "cascade", "pyramidal", "base-latent", "dfm2-latent",
-                    "base-latent-eq", "dfm2-latent-eq")
+SAMPLE_COST_ARMS = ("base", "dfm2", "dfm2-pq0.3", "flowar", "flowar-2scales", "cascade", "pyramidal", "base-latent",
+                    "dfm2-latent", "base-latent-eq", "dfm2-latent-eq", "flowar-latent", "flowar-latent-eq")
 
 
 def quality_table(name: str = "quality.json") -> str:
@@ -116,7 +116,7 @@ def quality_table(name: str = "quality.json") -> str:
     diags = {arm: row["diagnose_fd"] for arm, row in r["summary"].items() if "diagnose_fd" in row}
     if diags:
         lines += ["", "Stage diagnostics (`progflow diagnose`, FD; oracle: the fine stage generated from the true "
-                  "coarse stage of test images, clean or noised to the sampler's hand-over; coarse only: the model's "
+                  "coarse stage of test images, clean or noised to the sampler's hand-over; coarse only: the true "
                   "coarse stage with no fine stage; true images: the test images' own FD): " + "; ".join(
                       f"{arm}: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in d.items())
                       for arm, d in diags.items()) + "."]
@@ -124,6 +124,8 @@ def quality_table(name: str = "quality.json") -> str:
     if costs:
         def cost(arm, c):
             calls = " + ".join(f"{n} {part}" for part, n in c.get("calls", {}).items()) or f"{c['nfe']} NFE"
+            if "decode_gflop" in c:
+                calls += f" + decoding {c['decode_gflop']:.3f}"
             return f"{arm} {c['gflop']:.3f} ({calls})"
 
         lines += ["", "Sampling cost per image, counted FLOPs at cfg 1 (guidance doubles every arm alike), GFLOP: "

@@ -317,3 +317,8 @@ def test_quality_benchmark_latent_arms_on_emoji(tmp_path, emoji_dir):
     assert runs["dfm2-latent-eq"]["autoencoder"] == str(root / "emoji-ae-eq")
     assert all(x["train_steps"] > r["settings"]["steps"] for x in runs.values())  # a quarter of the tokens
     assert all(np.isfinite(f["fd"]) for x in runs.values() for f in x["final"])
+    # a latent arm's sampling cost counts its decoder once per image
+    for arm, ae in (("base-latent", "emoji-ae"), ("dfm2-latent-eq", "emoji-ae-eq")):
+        cost = r["summary"][arm]["sample_cost"]
+        assert cost["decode_gflop"] == r["autoencoders"][ae]["decode_gflop"] > 0
+        assert cost["gflop"] > cost["decode_gflop"]

@@ -389,6 +389,9 @@ def run_quality(args) -> Path:
         cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS, **{a: (v[0], {}) for a, v in LATENT_ARMS.items()}}) else None
         if cfg is not None and not getattr(cfg.method, "standardize", False):  # (that needs the data's stage std)
             row["sample_cost"] = _sample_cost(cfg, s)
+            if arm in LATENT_ARMS and (ae := autoencoders.get(LATENT_ARMS[arm][1])) is not None:
+                row["sample_cost"]["decode_gflop"] = ae["decode_gflop"]  # once per image, after the solve
+                row["sample_cost"]["gflop"] += ae["decode_gflop"]
     write_result({**header, "step_time": timing, "autoencoders": autoencoders, "runs": done, "summary": summary}, out)
     plot = out.with_suffix(".png")
     quality_plot(done, plot, data["title"])
