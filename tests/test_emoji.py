@@ -317,8 +317,13 @@ def test_quality_benchmark_latent_arms_on_emoji(tmp_path, emoji_dir):
     assert runs["dfm2-latent-eq"]["autoencoder"] == str(root / "emoji-ae-eq")
     assert all(x["train_steps"] > r["settings"]["steps"] for x in runs.values())  # a quarter of the tokens
     assert all(np.isfinite(f["fd"]) for x in runs.values() for f in x["final"])
-    # a latent arm's sampling cost counts its decoder once per image
+    # a latent arm's sampling cost is its solve's plus its decoder's, once per image
+    from progflow.bench.arms import LATENT_ARMS, _config
+    from progflow.bench.quality import _sample_cost
+
+    s = r["settings"]
     for arm, ae in (("base-latent", "emoji-ae"), ("dfm2-latent-eq", "emoji-ae-eq")):
         cost = r["summary"][arm]["sample_cost"]
+        solve = _sample_cost(_config(LATENT_ARMS[arm][0], {}, s["seeds"][0], s, True), s)["gflop"]
         assert cost["decode_gflop"] == r["autoencoders"][ae]["decode_gflop"] > 0
-        assert cost["gflop"] > cost["decode_gflop"]
+        assert cost["gflop"] == pytest.approx(solve + cost["decode_gflop"])

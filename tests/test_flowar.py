@@ -15,6 +15,7 @@ from progflow.config import DataConfig, TrainConfig
 from progflow.errors import ConfigError
 from progflow.info import model_info
 from progflow.methods import build_method
+from progflow.presets import preset_config
 from progflow.methods.flowar import FlowARConfig, cfg_ramp, scale_weights
 from progflow.nn.dit import build_model
 from progflow.nn.flowar import FlowARModelConfig
@@ -149,17 +150,19 @@ def test_sampling_counts_head_evaluations_and_returns_each_scale():
         method.sample(net, y, generator=generator(0), nfe=3)
 
 
+@pytest.mark.parametrize("prefix", ["fmnist", "emoji", "emoji-latent"])
 @pytest.mark.parametrize("size", ["xs", "s"])
-def test_presets_match_base_training_flops_and_sample_cheaper(size):
-    info = model_info(f"fmnist-flowar-{size}")
-    base = model_info(f"fmnist-base-{size}")
+def test_presets_match_base_training_flops_and_sample_cheaper(prefix, size):
+    info = model_info(f"{prefix}-flowar-{size}")
+    base = model_info(f"{prefix}-base-{size}")
     assert info["base_flops"] == base["flops"] and info["base_params"] == base["params"]
     assert 0.9 <= info["flop_ratio"] <= 1.1  # AR over all scales + head over all scales, per image
     parts = info["parts"]
     assert set(parts) == {"AR transformer", "flow head"}
     assert sum(p["params"] for p in parts.values()) == info["params"]
     assert sum(p["flops"] for p in parts.values()) == info["flops"]
-    assert parts["AR transformer"]["sample_calls"] == 4 and parts["flow head"]["sample_calls"] == 40
+    scales = preset_config(f"{prefix}-flowar-{size}").method.scales  # one cached AR pass per scale
+    assert parts["AR transformer"]["sample_calls"] == len(scales) and parts["flow head"]["sample_calls"] == 40
     assert info["sample_nfe"] == info["base_sample_nfe"] == 40
     assert sum(p["sample_flops"] for p in parts.values()) == info["sample_flops"]
     assert info["sample_flops"] < 0.2 * info["base_sample_flops"]

@@ -191,24 +191,22 @@ PRESET_MODELS = {
 }
 
 
+# base preset prefix -> FlowAR's scales there. Fashion-MNIST and the emoji latent (16x16x4 at
+# patch 2) are 8x8 token maps; 64px RGB emoji at patch 4 is 16x16, one scale more (341 tokens
+# an image against base's 256)
+PRESET_SCALES = {"fmnist": [1, 2, 4, 8], "emoji": [1, 2, 4, 8, 16], "emoji-latent": [1, 2, 4, 8]}
+
+
 def _register_presets() -> None:
     for size, model in PRESET_MODELS.items():
-        base = PRESETS.get(f"fmnist-base-{size}")
-        if base is None:
-            continue
-        preset = copy.deepcopy(base)
-        preset["model"] = {**preset["model"], "arch": "flowar", **model}
-        preset["method"] = {"name": "flowar", "scales": [1, 2, 4, 8], "nfe": 40}
-        register_preset(f"fmnist-flowar-{size}", preset)
-        # emoji: 64px RGB at patch 4 is a 16x16 map (one scale more, 341 tokens an image against
-        # base's 256); its 16x16x4 latent at patch 2 is the Fashion-MNIST geometry, 8x8 tokens
-        for name, scales in ((f"emoji-{{}}-{size}", [1, 2, 4, 8, 16]), (f"emoji-latent-{{}}-{size}", [1, 2, 4, 8])):
-            emoji = PRESETS.get(name.format("base"))
-            if emoji is not None:
-                preset = copy.deepcopy(emoji)
-                preset["model"] = {**preset["model"], "arch": "flowar", **model}
-                preset["method"] = {"name": "flowar", "scales": scales, "nfe": 40}
-                register_preset(name.format("flowar"), preset)
+        for prefix, scales in PRESET_SCALES.items():
+            base = PRESETS.get(f"{prefix}-base-{size}")
+            if base is None:
+                continue
+            preset = copy.deepcopy(base)
+            preset["model"] = {**preset["model"], "arch": "flowar", **model}
+            preset["method"] = {"name": "flowar", "scales": scales, "nfe": 40}
+            register_preset(f"{prefix}-flowar-{size}", preset)
 
 
 register_method("flowar", FlowARConfig, FlowAR)
