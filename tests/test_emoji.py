@@ -287,11 +287,12 @@ def test_quality_benchmark_on_emoji(tmp_path, emoji_dir):
     run_cli("bench", "quality", "--dataset", "emoji", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs",
             "--data-dir", emoji_dir, env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_emoji_tiny.json").read_text())
-    assert r["settings"]["dataset"] == "emoji" and {x["arm"] for x in r["runs"]} == {"base", "dfm2"}
-    assert {p.name for p in (tmp_path / "runs" / "bench-quality-emoji-tiny").iterdir()} == {"base-seed0", "dfm2-seed0"}
+    assert r["settings"]["dataset"] == "emoji" and {x["arm"] for x in r["runs"]} == {"base", "dfm2", "flowar"}
+    assert {p.name for p in (tmp_path / "runs" / "bench-quality-emoji-tiny").iterdir()} == {"base-seed0", "dfm2-seed0",
+                                                                                           "flowar-seed0"}
     for run in r["runs"]:
         assert run["preset"].startswith("emoji-") and all(math.isfinite(f["fd"]) for f in run["final"])
-    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2"}
+    assert set(r["step_time"]["ratio_to_base"]) == {"base", "dfm2", "flowar"}
     cached = json.loads((tmp_path / "runs" / "bench-quality-emoji-tiny" / "base-seed0" / "bench_result.json").read_text())
     assert cached["key"]["features"].startswith("emoji-classifier-emoji-cnn-v1")
     # the reference is the fixture's emoji test split, cached under the emoji name

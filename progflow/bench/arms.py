@@ -70,8 +70,8 @@ LATENT_ARMS = {
 DATASETS = {
     "fashion-mnist": {"prefix": "fmnist-", "tag": "", "arms": None, "title": "Fashion-MNIST 32px"},
     # the comparison at 64px: base vs 2-stage DFM with the paper's p_q and with the
-    # best p_q of the Fashion-MNIST ablation, every one on every seed; and latent twins (FlowAR too)
-    "emoji": {"prefix": "emoji-", "tag": "_emoji", "arms": ("base", "dfm2", "dfm2-pq0.3"), "title": "emoji 64px",
+    # best p_q of the Fashion-MNIST ablation, every one on every seed; FlowAR; and latent twins
+    "emoji": {"prefix": "emoji-", "tag": "_emoji", "arms": ("base", "dfm2", "flowar", "dfm2-pq0.3"), "title": "emoji 64px",
               "latent_arms": tuple(LATENT_ARMS)},
 }
 
@@ -93,7 +93,7 @@ def _settings(args) -> dict:
         "eval_every": args.eval_every or (2 if tiny else max(1, steps // 4)),
         "n": args.n or (20 if tiny else 2000),
         "n_curve": 20 if tiny else max(100, (args.n or 2000) // 4),
-        "nfe": 4 if tiny else 40,
+        "nfe": 8 if tiny else 40,  # tiny: enough for one head step on each of FlowAR's 5 emoji scales
         "cfg_scales": args.cfg_scales or [1.0, 2.0],
         "seeds": args.seeds or ([0] if tiny else [0, 1]),
         "ablations": not tiny,
