@@ -14,11 +14,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+def _load(name: str) -> dict | None:
+    """The committed result ``benchmarks/results/NAME``, or None where it is not committed."""
+    f = RESULTS / name
+    return json.loads(f.read_text()) if f.exists() else None
+
+
 def speed_table() -> str:
-    f = RESULTS / "speed.json"
-    if not f.exists():
+    r = _load("speed.json")
+    if r is None:
         return "_No speed result committed yet._"
-    r = json.loads(f.read_text())
     m = r["machine"]
     lines = [f"**Speed** (`{r['command']}`, {r['date']}, {m['cpu']}, {m['cores']} cores, "
              f"{r.get('torch_threads', m['torch_threads'])} thread(s), torch {m['torch']}): "
@@ -67,10 +72,9 @@ SAMPLE_COST_ARMS = ("base", "dfm2", "dfm2-pq0.3", "flowar", "flowar-2scales", "c
 
 
 def quality_table(name: str = "quality.json") -> str:
-    f = RESULTS / name
-    if not f.exists():
+    r = _load(name)
+    if r is None:
         return f"_No `{name}` result committed yet._"
-    r = json.loads(f.read_text())
     s = r["settings"]
     scales = s["cfg_scales"]
     latent = any(run.get("autoencoder") for run in r["runs"])
@@ -149,7 +153,7 @@ def quality_table(name: str = "quality.json") -> str:
             lines += ["", f"Training step time, model size `{tr['size']}`, batch {tr['batch_size']} (`{tr['command']}`, "
                       "interleaved, median of 10 rounds): " + ", ".join(
                           f"{k} {1e3 * tr['step_s'][k]:.0f} ms ({tr['ratio_to_base'][k]:.3f}x)" for k in tr["step_s"]) + "."]
-    lines += ["", f"FD vs training step: `benchmarks/results/{f.with_suffix('.png').name}`."]
+    lines += ["", f"FD vs training step: `benchmarks/results/{Path(name).with_suffix('.png').name}`."]
     return "\n".join(lines)
 
 
@@ -159,10 +163,9 @@ def _cell(rows: list, nfe: int, key: str, fmt: str) -> str:
 
 
 def solvers_table() -> str:
-    f = RESULTS / "solvers.json"
-    if not f.exists():
+    r = _load("solvers.json")
+    if r is None:
         return "_No solver result committed yet._"
-    r = json.loads(f.read_text())
     s = r["settings"]
     ref = {run["arm"]: run["reference"] for run in r["runs"] if run["reference"]}
     lines = [f"**Solvers at equal NFE** (`{r['command']}`, {r['date']}, {r['torch_threads']} thread): endpoint "
@@ -214,10 +217,9 @@ def solvers_table() -> str:
 def solvers_learned_table() -> str:
     """The BA-solver's own measurements (``bench solvers --learned``): offset-scale sweep,
     fitting cost, SideNet time and round-trip inversion error."""
-    f = RESULTS / "solvers_learned.json"
-    if not f.exists():
+    r = _load("solvers_learned.json")
+    if r is None:
         return ""
-    r = json.loads(f.read_text())
     s = r["settings"]
     lines = [f"**BA-solver** (`{r['command']}`, {r['date']}): SideNet width {r['sidenet_width']}, fitted "
              f"{s['fit_steps']} steps of {s['fit_batch']} chains of {s['chain']} per offset scale; endpoint error "
