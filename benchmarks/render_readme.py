@@ -66,6 +66,7 @@ QUALITY_TITLE = {
     "quality.json": "Base vs DFM vs FlowAR vs the multi-stage baselines (cascade, Pyramidal Flow) at equal training compute",
     "quality_emoji.json": "64px colour emoji: base vs DFM (and FlowAR), in pixels and in the latents of progflow's "
                           "autoencoders, at equal training compute",
+    "quality_s.json": "Fashion-MNIST at size s (4.2M parameters): does capacity close DFM's gap to base?",
 }
 SAMPLE_COST_ARMS = ("base", "dfm2", "dfm2-pq0.3", "flowar", "flowar-2scales", "cascade", "pyramidal", "base-latent",
                     "dfm2-latent", "base-latent-eq", "dfm2-latent-eq", "flowar-latent", "flowar-latent-eq")
@@ -270,8 +271,8 @@ def solvers_learned_table() -> str:
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = (f"{START}\n{speed_table()}\n\n{quality_table()}\n\n{quality_table('quality_emoji.json')}\n\n{solvers_table()}"
-             f"\n\n{solvers_learned_table()}\n{END}")
+    quality = [quality_table(name) for name in QUALITY_TITLE if name == "quality.json" or (RESULTS / name).exists()]
+    block = "\n\n".join([START + "\n" + speed_table(), *quality, solvers_table(), solvers_learned_table() + "\n" + END])
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
