@@ -210,8 +210,18 @@ class MethodConfig:
         _check_choice(self.solver, "method.solver", solver_names())
 
 
+class SavedConfig:
+    """What a config dataclass saved beside its run shares: ``to_dict`` and the sorted JSON."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(SavedConfig):
     preset: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,13 +270,7 @@ class TrainConfig:
 
         validate_config(self)
 
-    # ---- serialisation -------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
+    # ---- serialisation (to_dict, to_json: SavedConfig) -------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return _build(cls, d, "")

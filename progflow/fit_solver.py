@@ -40,7 +40,7 @@ import torch
 from progflow import checkpoint as ckpt
 from progflow.checkpoint import weights_hash
 from progflow.checks import MAX_NFE, check_count, check_out_dir, check_run_dir
-from progflow.config import _check_positive, check_fields, parse_override
+from progflow.config import SavedConfig, _check_positive, check_fields, parse_override
 from progflow.data import to_model_range
 from progflow.errors import CheckpointError, ConfigError
 from progflow.latent import load_run_data
@@ -59,7 +59,7 @@ FIT_STREAM = 11  # random stream of solver fitting, apart from the backbone's tr
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(SavedConfig):
     """Settings of ``progflow fit-solver`` (flags mirror the top-level fields; the SideNet's
     size via ``--set sidenet.width=16``)."""
 
@@ -96,12 +96,6 @@ class FitConfig:
             raise ConfigError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
         if self.offset_max > 1.0:
             raise ConfigError(f"offset_max must be at most 1 (the whole time axis); got {self.offset_max}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
