@@ -430,12 +430,12 @@ def test_solver_benchmark_tiny_writes_json_plots_and_resumes(tmp_path, quick_cla
 def test_quality_benchmark_takes_a_solver_and_refuses_one_it_cannot_use(tmp_path, quick_classifier_cache):
     env = cli_env(PROGFLOW_CACHE=str(quick_classifier_cache))
     args = ("bench", "quality", "--tiny", "--out-dir", tmp_path, "--runs-dir", tmp_path / "runs")
-    p = run_cli(*args, "--solver", "heun", env=env)  # tiny NFE 4: Heun spends odd NFEs on base
-    assert_one_line_error(p, "arm base: solver heun cannot spend exactly 4 NFE")
+    p = run_cli(*args, "--solver", "heun", env=env)  # tiny NFE 8: Heun spends odd NFEs on base
+    assert_one_line_error(p, "arm base: solver heun cannot spend exactly 8 NFE")
     assert not (tmp_path / "runs").exists()
     run_cli(*args, "--arms", "base", "--solver", "midpoint", "--shift", "2", env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert r["settings"]["solver"] == "midpoint" and r["settings"]["shift"] == 2.0
-    assert all(f["nfe"] == 4 for f in r["runs"][0]["final"])
+    assert all(f["nfe"] == 8 for f in r["runs"][0]["final"])
     key = json.loads((tmp_path / "runs" / "bench-quality-tiny" / "base-seed0" / "bench_result.json").read_text())["key"]
     assert (key["solver"], key["shift"]) == ("midpoint", 2.0)  # another sampler is another cached result
