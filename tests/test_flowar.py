@@ -15,10 +15,10 @@ from progflow.config import DataConfig, TrainConfig
 from progflow.errors import ConfigError
 from progflow.info import model_info
 from progflow.methods import build_method
-from progflow.presets import preset_config
 from progflow.methods.flowar import FlowARConfig, cfg_ramp, scale_weights
 from progflow.nn.dit import build_model
 from progflow.nn.flowar import FlowARModelConfig
+from progflow.presets import preset_config
 from progflow.rng import BatchRandom, generator
 
 FLOWAR_TINY = ["--preset", "fmnist-flowar-xs", *TINY[2:]]
