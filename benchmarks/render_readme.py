@@ -158,6 +158,70 @@ def quality_table(name: str = "quality.json") -> str:
     return "\n".join(lines)
 
 
+# DFM against base in every regime benchmarked: (result file, base arm, DFM arm, DFM arm
+# with more fine-stage training, label); rows whose file or arms are missing are left out
+DFM_REGIMES = (
+    ("quality.json", "base", "dfm2", "dfm2-pq0.3", "Fashion-MNIST 32px, pixels"),
+    ("quality_s.json", "base", "dfm2", "dfm2-pq0.3", "Fashion-MNIST 32px, pixels"),
+    ("quality_emoji.json", "base", "dfm2", "dfm2-pq0.3", "emoji 64px RGB, pixels"),
+    ("quality_emoji.json", "base-latent", "dfm2-latent", None, "emoji, `emoji-ae` latent"),
+    ("quality_emoji.json", "base-latent-eq", "dfm2-latent-eq", None, "emoji, `emoji-ae-eq` latent"),
+)
+# stage diagnostics of runs benchmarked before `bench quality` recorded them
+DIAGNOSE_FILES = {("quality.json", "dfm2"): "diagnose_dfm2_xs_seed0.json"}
+
+
+def _model_size(preset: str) -> tuple[int, int]:
+    """(values per generated image, parameters) of a preset's model."""
+    from progflow.nn.dit import build_model
+    from progflow.presets import preset_config
+
+    cfg = preset_config(preset)
+    return cfg.data.channels * cfg.data.image_size ** 2, sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def dfm_regimes_table() -> str:
+    """DFM's FD over base's in every regime benchmarked, beside its stage diagnostics."""
+    rows = []
+    for name, base, dfm, more, label in DFM_REGIMES:
+        r = _load(name)
+        if r is None or base not in r["summary"] or dfm not in r["summary"]:
+            continue
+        summ, s = r["summary"], r["settings"]
+        run = next(x for x in r["runs"] if x["arm"] == dfm)
+        values, params = _model_size(run["preset"])
+        seeds = min(len(summ[base]["seeds"]), len(summ[dfm]["seeds"]))
+        fd = " / ".join(f"{summ[a]['fd_cfg1.0']['mean']:.1f}" for a in (base, dfm))
+        def over_base(arm, w=1.0):
+            return f"{summ[arm][f'fd_cfg{w}']['mean'] / summ[base][f'fd_cfg{w}']['mean']:.2f}x"
+
+        ratio = f"{over_base(dfm)} / {over_base(dfm, 2.0)}"
+        pq = over_base(more) if more in summ else "-"
+        diag = run.get("diagnose")
+        if diag is None and (name, dfm) in DIAGNOSE_FILES:
+            diag = _load(DIAGNOSE_FILES[name, dfm])
+        if diag is None:
+            cells = "- | - | -"
+        else:
+            fds = {k: v["fd"] for k, v in diag["scores"].items()}
+            cells = (f"{fds['coarse_only']:.1f} | {fds['oracle_clean']:.1f} / {fds['oracle_noised']:.1f} | "
+                     f"{diag['n']}")
+        rows.append(f"| {label} | `{s['size']}`, {params / 1e6:.2f}M | {values:,} | {seeds} | {fd} | {ratio} | {pq} "
+                    f"| {cells} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "**DFM against base, every regime benchmarked** (from the quality results above; 2-stage DFM with the "
+        "paper's defaults, `p_q = [0.9, 0.1]`, and with `p_q = [0.3, 0.7]`; FD at cfg 1 unless marked; "
+        "equal training FLOPs within a row). Values per image: what the last stage generates. Stage diagnostics "
+        "(`progflow diagnose`, seed 0) score the true coarse stage of test images alone, and with the model's fine "
+        "stage generated from it (clean / noised to the sampler's hand-over), on n test images: FD rises as n "
+        "falls, so compare them with each other, not with the FD columns.", "",
+        "| regime | size, params | values per image | seeds | FD base / DFM | DFM / base, cfg 1 / cfg 2 | "
+        "DFM `p_q = [0.3, 0.7]` / base | coarse only | fine from true coarse, clean / noised | n |",
+        "|---" * 10 + "|", *rows])
+
+
 def _cell(rows: list, nfe: int, key: str, fmt: str) -> str:
     hit = [r for r in rows if r["nfe"] == nfe]
     return f"{fmt.format(hit[0][key])} (s{hit[0]['shift']:g})" if hit else "-"
@@ -272,7 +336,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     quality = [quality_table(name) for name in QUALITY_TITLE if name == "quality.json" or (RESULTS / name).exists()]
-    block = "\n\n".join([START + "\n" + speed_table(), *quality, solvers_table(), solvers_learned_table() + "\n" + END])
+    block = "\n\n".join([START + "\n" + speed_table(), *quality, dfm_regimes_table(), solvers_table(), solvers_learned_table() + "\n" + END])
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
