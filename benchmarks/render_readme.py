@@ -146,6 +146,15 @@ def quality_table(name: str = "quality.json") -> str:
         lines += ["", "Sampling ablations (the same trained seed-0 model of the arm, cfg 1): "
                   + "; ".join(f"{arm} {k}: FD {v['fd']:.2f}" + (f" at {v['nfe']} NFE" if v["nfe"] != s["nfe"] else "")
                               for arm, k, v in variants) + "."]
+    swept = {arm: row for arm, row in r["summary"].items() if "fd_by_cfg" in row}
+    if swept:
+        lines += ["", "FD by guidance scale (the final scales and those added with `--extra-cfg-scales`, the same "
+                  "samples' settings; mean over the seeds that have every scale): " + "; ".join(
+                      f"{arm} " + ", ".join(f"cfg {float(w):g} {v:.2f}" + (" (best)" if float(w) == row["fd_best"]["cfg"]
+                                                                            else "") for w, v in row["fd_by_cfg"].items())
+                      + (f", best over base's best {row['fd_best_ratio_to_base']:.2f}x"
+                         if "fd_best_ratio_to_base" in row and arm != "base" else "")
+                      for arm, row in swept.items()) + "."]
     if name == "quality.json":
         for t in sorted(RESULTS.glob("step_time_*.json")):
             if t.stem.endswith("_tiny"):
@@ -197,6 +206,9 @@ def dfm_regimes_table() -> str:
 
         ratio = f"{over_base(dfm)} / {over_base(dfm, 2.0)}"
         pq = over_base(more) if more in summ else "-"
+        best = (f"{summ[dfm]['fd_best']['mean'] / summ[base]['fd_best']['mean']:.2f}x (cfg "
+                f"{summ[dfm]['fd_best']['cfg']:g} / {summ[base]['fd_best']['cfg']:g})"
+                if "fd_best" in summ[dfm] and "fd_best" in summ[base] else "-")
         diag = run.get("diagnose")
         if diag is None and (name, dfm) in DIAGNOSE_FILES:
             diag = _load(DIAGNOSE_FILES[name, dfm])
@@ -206,20 +218,21 @@ def dfm_regimes_table() -> str:
             fds = {k: v["fd"] for k, v in diag["scores"].items()}
             cells = (f"{fds['coarse_only']:.1f} | {fds['oracle_clean']:.1f} / {fds['oracle_noised']:.1f} | "
                      f"{diag['n']}")
-        rows.append(f"| {label} | `{s['size']}`, {params / 1e6:.2f}M | {values:,} | {seeds} | {fd} | {ratio} | {pq} "
-                    f"| {cells} |")
+        rows.append(f"| {label} | `{s['size']}`, {params / 1e6:.2f}M | {values:,} | {seeds} | {fd} | {ratio} | {best} | "
+                    f"{pq} | {cells} |")
     if not rows:
         return ""
     return "\n".join([
-        "**DFM against base, every regime benchmarked** (from the quality results above; 2-stage DFM with the "
+        "**DFM against base, every regime benchmarked** (from the quality results above; params: the DFM model's; 2-stage DFM with the "
         "paper's defaults, `p_q = [0.9, 0.1]`, and with `p_q = [0.3, 0.7]`; FD at cfg 1 unless marked; "
-        "equal training FLOPs within a row). Values per image: what the last stage generates. Stage diagnostics "
+        "best guidance: over the scales scored, where a guidance sweep ran; equal training FLOPs within a row). Values per image: what the last stage generates. Stage diagnostics "
         "(`progflow diagnose`, seed 0) score the true coarse stage of test images alone, and with the model's fine "
         "stage generated from it (clean / noised to the sampler's hand-over), on n test images: FD rises as n "
         "falls, so compare them with each other, not with the FD columns.", "",
         "| regime | size, params | values per image | seeds | FD base / DFM | DFM / base, cfg 1 / cfg 2 | "
-        "DFM `p_q = [0.3, 0.7]` / base | coarse only | fine from true coarse, clean / noised | n |",
-        "|---" * 10 + "|", *rows])
+        "DFM / base, each at its best guidance | DFM `p_q = [0.3, 0.7]` / base | coarse only | "
+        "fine from true coarse, clean / noised | n |",
+        "|---" * 11 + "|", *rows])
 
 
 def _cell(rows: list, nfe: int, key: str, fmt: str) -> str:

@@ -94,6 +94,28 @@ def test_quality_benchmark_writes_json_and_plot(tmp_path, quick_classifier_cache
     assert {k: [f for f in again["result"]["final"] if f["cfg"] == 1.0][0][k] for k in bands} == bands
     assert dfm3_log.read_text() == before
 
+    # further guidance scales on finished runs: scored once (2 is already a final scale) into
+    # RUN/guidance.json, nothing retrained or rescored; the summary names each arm's best scale
+    cached_before = cached.read_text()
+    run_cli(*args, "--arms", "base", "dfm3", "--extra-cfg-scales", "3", "2", env=env, check=0, timeout=600)
+    r = json.loads((tmp_path / "quality_tiny.json").read_text())
+    dfm3 = [x for x in r["runs"] if x["arm"] == "dfm3"][0]
+    assert [(g["cfg"], g["n"], g["nfe"]) for g in dfm3["guidance"]] == [(3.0, 20, 8)]
+    fd_by_cfg = {f["cfg"]: f["fd"] for f in [*dfm3["final"], *dfm3["guidance"]]}
+    assert fd_by_cfg[3.0] != fd_by_cfg[1.0]  # the scale really reaches the sampler
+    row = r["summary"]["dfm3"]
+    assert row["fd_by_cfg"] == {str(w): v for w, v in sorted(fd_by_cfg.items())}
+    assert row["fd_best"] == {"cfg": min(fd_by_cfg, key=fd_by_cfg.get), "mean": min(fd_by_cfg.values())}
+    assert row["fd_best_ratio_to_base"] == row["fd_best"]["mean"] / r["summary"]["base"]["fd_best"]["mean"]
+    assert "fd_best" not in r["summary"]["dfm2"]  # no extra scale scored there
+    assert dfm3_log.read_text() == before and cached.read_text() == cached_before
+    guidance_file = dfm3_log.with_name("guidance.json")
+    saved_guidance = guidance_file.read_text()
+    run_cli(*args, "--collect", env=env, check=0, timeout=600)  # read back, not scored again
+    r = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert [x for x in r["runs"] if x["arm"] == "dfm3"][0]["guidance"] == dfm3["guidance"]
+    assert guidance_file.read_text() == saved_guidance
+
     # a further seed of an arm that trains one seed by default: only when named in --arms
     run_cli(*args, "--seeds", "0", "1", env=env, check=0, timeout=600)
     r = json.loads((tmp_path / "quality_tiny.json").read_text())

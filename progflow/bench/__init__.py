@@ -20,6 +20,10 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (quality)")
     p.add_argument("--cfg-scales", type=float, nargs="+", help="guidance scales to score (quality; solvers: the first, "
                    "default 1)")
+    p.add_argument("--extra-cfg-scales", type=float, nargs="+", metavar="W",
+                   help="quality: also score these guidance scales on the finished runs of the chosen arms (same "
+                   "samples' settings as the final scores, kept in RUN/guidance.json; nothing is retrained and the "
+                   "cached scores stay valid); the summary gives each arm's best FD over all scales scored")
     p.add_argument("--eval-every", type=int, help="steps between FD points for the FD-vs-step curve (quality)")
     p.add_argument("--size", choices=("xs", "s", "b"), help="model size for quality (default xs)")
     p.add_argument("--arms", nargs="+", metavar="ARM",
@@ -72,8 +76,9 @@ def check_bench_args(kind: str, args) -> None:
             check_count(getattr(args, name), "--" + name.replace("_", "-"))
     for seed in [args.seed, *(args.seeds or [])]:
         check_count(seed, "--seed(s)", minimum=0)
-    for w in args.cfg_scales or []:
-        check_finite(w, "--cfg-scales")
+    for flag in ("cfg_scales", "extra_cfg_scales"):
+        for w in getattr(args, flag, None) or []:
+            check_finite(w, "--" + flag.replace("_", "-"))
     for shift in [args.shift, *(args.shifts or [])]:
         if shift is not None:
             check_finite(shift, "--shift(s)", positive=True)

@@ -27,6 +27,13 @@ they were made with), so an interrupted benchmark picks up where it stopped and
 a final call without ``--arms`` then collects every run and measures the step time alone.
 Runs recorded in an earlier result file with the same settings whose run directories are
 absent are kept from that file (marked ``collected_from``), not dropped or retrained.
+
+``--extra-cfg-scales`` scores further guidance scales on the finished runs of the chosen
+arms with the final scores' settings (``n`` samples, their seed and NFE), kept per run in
+``<run>/guidance.json``: the cached scores stay valid, nothing is retrained, and every
+later call (``--collect`` too) reads them back. The summary then gives each arm's best FD
+over all the scales scored (``fd_best``), since one fixed scale can favour one arm: a
+model that over-shoots at cfg 2 is not worse than one that needs cfg 2.
 """
 
 from __future__ import annotations
@@ -201,6 +208,13 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
         timed = [f["n"] / f["sample_s"] for r in rs for f in r["final"] if f["cfg"] == 1.0 and f.get("sample_s")]
         if timed:  # the timed final sampling at cfg 1 (one process per core while the arms ran)
             row["sample_images_per_s_cfg1.0"] = statistics.mean(timed)
+        if any(r.get("guidance") for r in rs):  # the best mean FD over every scale all seeds have
+            by_cfg = [{f["cfg"]: f["fd"] for f in [*r["final"], *r.get("guidance", [])]} for r in rs]
+            common = set.intersection(*(set(d) for d in by_cfg))
+            fd_by_cfg = {w: statistics.mean(d[w] for d in by_cfg) for w in sorted(common)}
+            best = min(fd_by_cfg, key=fd_by_cfg.get)
+            row["fd_by_cfg"] = {str(w): v for w, v in fd_by_cfg.items()}
+            row["fd_best"] = {"cfg": best, "mean": fd_by_cfg[best]}
         for band in ("fd_coarse", "fine_rms_ratio"):  # cfg 1 only
             vals = [f.get(band) for r in rs for f in r["final"] if f["cfg"] == 1.0]
             if vals and None not in vals:
@@ -210,6 +224,8 @@ def _summary(runs: list[dict], cfg_scales) -> dict:
         for arm, row in out.items():
             for w in cfg_scales:
                 row[f"fd_ratio_to_base_cfg{w}"] = row[f"fd_cfg{w}"]["mean"] / out["base"][f"fd_cfg{w}"]["mean"]
+            if "fd_best" in row and "fd_best" in out["base"]:
+                row["fd_best_ratio_to_base"] = row["fd_best"]["mean"] / out["base"]["fd_best"]["mean"]
     return out
 
 
@@ -274,6 +290,31 @@ def _sample_cost(cfg, s: dict) -> dict:
     cost = sampling_cost(cfg, build_model(cfg).eval(), nfe=s["nfe"])
     return {"nfe": cost["nfe"], "gflop": cost["flops"] / 1e9,
             **({"calls": {k: v["calls"] for k, v in cost["parts"].items()}} if "parts" in cost else {})}
+
+
+GUIDANCE_FILE = "guidance.json"  # extra guidance scales scored on a finished run
+
+
+def _guidance(run: Path, cfg, s: dict, extractor, ref, scales) -> list[dict]:
+    """Scores of the finished ``run`` at the guidance ``scales`` beyond the benchmark's own
+    (same samples' settings as its final scores), computed once and kept in
+    ``RUN/guidance.json`` under the run's cache key; with ``scales`` empty, those saved."""
+    from progflow.sampling import load_run
+
+    key = _cache_key(cfg, s, extractor, {})
+    key.pop("cfg_scales")
+    path, key = run / GUIDANCE_FILE, json.loads(json.dumps(key))  # (as saved: tuples become lists)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    scores = saved.get("scores", []) if saved.get("key") == key else []
+    todo = [w for w in dict.fromkeys(scales) if w not in s["cfg_scales"] and w not in {g["cfg"] for g in scores}]
+    if todo:
+        cfg_r, model, _ = load_run(run)
+        for w in todo:
+            scores.append(_score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=w,
+                                 **_sampler(s)))
+            print(f"  {run.name} cfg {w}: FD {scores[-1]['fd']:.2f}", flush=True)
+            write_result({"key": key, "scores": sorted(scores, key=lambda g: g["cfg"])}, path)
+    return sorted(scores, key=lambda g: g["cfg"])
 
 
 def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:
@@ -374,6 +415,9 @@ def run_quality(args) -> Path:
             runs[run]["train_wall_s"] = logged_train_seconds(run / "log.jsonl", cfg.batch_size)
             if not tiny and (diag := _diagnose(run, cfg, len(ref[0]), args.data_dir)) is not None:
                 runs[run]["diagnose"] = {k: diag[k] for k in ("n", "scores", "training_share") if k in diag}
+            extra = (args.extra_cfg_scales or []) if arm in chosen and not args.collect else []
+            if guidance := _guidance(run, cfg, s, extractor, ref, extra):
+                runs[run]["guidance"] = guidance
         done = [runs[r] for r in sorted(runs)]
         write_result({**header, "step_time": timing, "autoencoders": autoencoders, "runs": done,
                       "summary": _summary(done, s["cfg_scales"])}, out)
