@@ -201,6 +201,7 @@ def dfm_regimes_table() -> str:
         values, params = _model_size(run["preset"])
         seeds = min(len(summ[base]["seeds"]), len(summ[dfm]["seeds"]))
         fd = " / ".join(f"{summ[a]['fd_cfg1.0']['mean']:.1f}" for a in (base, dfm))
+
         def over_base(arm, w=1.0):
             return f"{summ[arm][f'fd_cfg{w}']['mean'] / summ[base][f'fd_cfg{w}']['mean']:.2f}x"
 

@@ -77,7 +77,7 @@ def check_bench_args(kind: str, args) -> None:
     for seed in [args.seed, *(args.seeds or [])]:
         check_count(seed, "--seed(s)", minimum=0)
     for flag in ("cfg_scales", "extra_cfg_scales"):
-        for w in getattr(args, flag, None) or []:
+        for w in getattr(args, flag) or []:
             check_finite(w, "--" + flag.replace("_", "-"))
     for shift in [args.shift, *(args.shifts or [])]:
         if shift is not None:

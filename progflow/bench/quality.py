@@ -86,8 +86,7 @@ def _add_bands(run: Path, result: dict, key: dict, s: dict, extractor, ref, band
     if not final or "fd_coarse" in final[0]:
         return result
     cfg_r, model, _ = load_run(run)
-    again = _score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=1.0,
-                   band_ref=band_ref, **_sampler(s))
+    again = _final_score(cfg_r, model, extractor, ref, s, 1.0, band_ref=band_ref)
     final[0].update(fd_coarse=again["fd_coarse"], fine_rms_ratio=again["fine_rms_ratio"])
     write_result({"key": key, "result": result}, run / "bench_result.json")
     print(f"  {result['arm']} seed {result['seed']}: coarse FD {again['fd_coarse']:.2f}, "
@@ -103,23 +102,34 @@ def _cache_key(cfg, s: dict, extractor, sample_variants: dict) -> dict:
             "sample_variants": sample_variants, **sampler}
 
 
-def _cached(run: Path, key: dict) -> dict | None:
-    path = run / "bench_result.json"
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    saved_key = saved.get("key") or {}
+def _key_matches(saved_key: dict | None, key: dict) -> bool:
+    """Whether a key saved beside a run's scores is ``key``. The saved config is read as
+    today's code would (fields added since take their defaults), so a run scored before a
+    new config field existed stays cached; both sides compared as JSON (tuples as lists)."""
+    saved_key = saved_key or {}
     if isinstance(saved_key.get("config"), dict):
-        # read the saved config as today's code would (fields added since take their
-        # defaults), so a run scored before a new config field existed stays cached
         from progflow.config import TrainConfig
         from progflow.errors import ConfigError
 
         try:
             saved_key = {**saved_key, "config": TrainConfig.from_dict(saved_key["config"]).to_dict()}
         except ConfigError:
-            return None
-    return saved["result"] if json.loads(json.dumps(saved_key)) == json.loads(json.dumps(key)) else None
+            return False
+    return json.loads(json.dumps(saved_key)) == json.loads(json.dumps(key))
+
+
+def _cached(run: Path, key: dict) -> dict | None:
+    path = run / "bench_result.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["result"] if _key_matches(saved.get("key"), key) else None
+
+
+def _final_score(cfg, model, extractor, ref, s: dict, cfg_scale: float, band_ref=None) -> dict:
+    """A final score of the benchmark: ``n`` samples from seed ``FINAL_SEED`` at its NFE and sampler."""
+    return _score(cfg, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=cfg_scale,
+                  band_ref=band_ref, **_sampler(s))
 
 
 def _train_and_score(name, cfg, root: Path, s: dict, extractor, ref, sample_variants: dict, band_ref) -> dict:
@@ -152,8 +162,8 @@ def _train_and_score_uncached(name, cfg, run: Path, s: dict, extractor, ref, sam
         curve.append({"step": step, "fd": r["fd"], "class_accuracy": r["class_accuracy"]})
         print(f"  {name} seed {cfg.seed} step {step}: FD {r['fd']:.2f} (n={s['n_curve']})", flush=True)
     cfg_r, model, _ = load_run(run)
-    final = [_score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=w,
-                    band_ref=band_ref if w == 1.0 else None, **_sampler(s)) for w in s["cfg_scales"]]
+    final = [_final_score(cfg_r, model, extractor, ref, s, w, band_ref=band_ref if w == 1.0 else None)
+             for w in s["cfg_scales"]]
     for f in final:
         print(f"  {name} seed {cfg.seed} final cfg {f['cfg']}: FD {f['fd']:.2f} acc {f['class_accuracy']:.3f}", flush=True)
     variants = {}
@@ -301,20 +311,18 @@ def _guidance(run: Path, cfg, s: dict, extractor, ref, scales) -> list[dict]:
     ``RUN/guidance.json`` under the run's cache key; with ``scales`` empty, those saved."""
     from progflow.sampling import load_run
 
-    key = _cache_key(cfg, s, extractor, {})
+    path, key = run / GUIDANCE_FILE, _cache_key(cfg, s, extractor, {})
     key.pop("cfg_scales")
-    path, key = run / GUIDANCE_FILE, json.loads(json.dumps(key))  # (as saved: tuples become lists)
     saved = json.loads(path.read_text()) if path.exists() else {}
-    scores = saved.get("scores", []) if saved.get("key") == key else []
+    scores = saved.get("scores", []) if _key_matches(saved.get("key"), key) else []
     todo = [w for w in dict.fromkeys(scales) if w not in s["cfg_scales"] and w not in {g["cfg"] for g in scores}]
     if todo:
         cfg_r, model, _ = load_run(run)
         for w in todo:
-            scores.append(_score(cfg_r, model, extractor, ref, n=s["n"], seed=FINAL_SEED, nfe=s["nfe"], cfg_scale=w,
-                                 **_sampler(s)))
-            print(f"  {run.name} cfg {w}: FD {scores[-1]['fd']:.2f}", flush=True)
-            write_result({"key": key, "scores": sorted(scores, key=lambda g: g["cfg"])}, path)
-    return sorted(scores, key=lambda g: g["cfg"])
+            scores = sorted([*scores, _final_score(cfg_r, model, extractor, ref, s, w)], key=lambda g: g["cfg"])
+            print(f"  {run.name} cfg {w}: FD {next(g['fd'] for g in scores if g['cfg'] == w):.2f}", flush=True)
+            write_result({"key": key, "scores": scores}, path)
+    return scores
 
 
 def _diagnose(run: Path, cfg, n_ref: int, data_dir) -> dict | None:
