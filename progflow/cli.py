@@ -295,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--compile", action="store_true", help="sample through torch.compile(model): a compile first "
                    "(about a minute on CPU), then faster batches; equal to eager up to float rounding")
-    s.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast: about 2x faster "
-                   "at size s on CPUs with AVX512-BF16 (slower at xs); close to float32, not equal (docs/speed.md)")
+    s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the network under bfloat16 autocast: about 2x faster at size s on CPUs with AVX512-BF16 "
+                   "(slower at xs); close to float32, not equal (docs/speed.md). Default: the precision the run was "
+                   "trained in (the demo's Fashion-MNIST run uses bf16 where the CPU has it); --no-bf16 for float32")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_sample)
 

@@ -80,12 +80,13 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
                cfg_scale: float | None = None, cfg_interval=None, batch_size: int = 250, step: int | None = None,
                ema: bool = True, previews: bool = False, progress: bool = True, device: str = "cpu",
                solver: str | None = None, shift: float | None = None, rtol: float | None = None,
-               atol: float | None = None, compile: bool = False, bf16: bool = False) -> dict:
+               atol: float | None = None, compile: bool = False, bf16: bool | None = None) -> dict:
     """Sample a run to ``out`` (default ``RUN_DIR/samples.npz``); returns a summary dict.
     ``rtol`` / ``atol`` configure an adaptive solver (dopri5), which takes no ``nfe``.
     ``compile`` samples through ``torch.compile(model)`` (equal to eager up to float rounding);
     ``bf16`` under bfloat16 autocast (about 2x faster at size s on a CPU with AVX512-BF16, not
-    equal: see docs/speed.md)."""
+    equal: see docs/speed.md); None samples in the precision the run was trained in, as the
+    demo scores it."""
     from progflow.solvers import get_solver
 
     check_sampling_args(n=n, nfe=nfe, cfg_scale=cfg_scale, cfg_interval=cfg_interval, shift=shift,
@@ -95,6 +96,7 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     if previews:
         check_out_dir(out.with_name(out.stem + "_previews"), "--previews folder")
     cfg, model, path = load_run(run_dir, step=step, ema=ema, device=device)
+    bf16 = cfg.bf16 if bf16 is None else bf16
     spec = get_solver(solver or cfg.method.solver, rtol=rtol, atol=atol).for_run(run_dir, model)
     if spec.adaptive and nfe is not None:
         raise ProgflowError(f"solver {spec.name} is adaptive: its tolerances (--rtol, --atol) set the NFE; drop --nfe")
@@ -116,7 +118,7 @@ def sample_run(run_dir: str | Path, *, n: int, out: str | Path | None = None, se
     summary = {"npz": str(out), "grid": str(grid), "n": n, "nfe": used, "checkpoint": str(path),
                "cfg_scale": cfg.method.cfg_scale if cfg_scale is None else cfg_scale, "seed": seed,
                "solver": spec.name, "shift": cfg.method.shift if shift is None else shift, **spec.options,
-               **({"bf16": True} if bf16 else {})}
+               "bf16": bf16}
     side = getattr(spec.integrate, "side", None)
     if side is not None:  # a solver network's calls per sample, apart from the backbone NFE
         summary["sidenet_calls"] = side.calls / -(-n // batch_size)

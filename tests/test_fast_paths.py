@@ -50,6 +50,14 @@ def test_bf16_sampling_is_close_to_float32_and_really_bf16(tmp_path):
     p = run_cli("sample", tmp_path / "run", "--n", "4", "--nfe", "2", "--bf16", "--no-progress", "--out",
                 tmp_path / "b.npz", check=0)
     assert json.loads(p.stdout)["bf16"] is True and (tmp_path / "b.npz").exists()
+    # without the flag a run samples in the precision it was trained in; --no-bf16 overrides it
+    kw = {"n": 4, "nfe": 2, "progress": False}
+    assert sample_run(tmp_path / "run", out=tmp_path / "f.npz", **kw)["bf16"] is False
+    train(cfg.with_overrides({"bf16": True}), tmp_path / "run16", progress=False)
+    assert sample_run(tmp_path / "run16", out=tmp_path / "g.npz", **kw)["bf16"] is True
+    assert sample_run(tmp_path / "run16", out=tmp_path / "h.npz", bf16=False, **kw)["bf16"] is False
+    assert build_parser().parse_args(["sample", "RUN", "--no-bf16"]).bf16 is False
+    assert build_parser().parse_args(["sample", "RUN"]).bf16 is None
     cfg, model, _ = load_run(tmp_path / "run")
     torch.manual_seed(0)
     with torch.no_grad():  # 3 steps leave the zero-initialised gates near zero: give the net a real velocity
