@@ -173,3 +173,26 @@ def test_quality_results_of_each_dataset_and_size_are_kept_apart():
     assert names["fashion-mnist", "xs", True] == ("bench-quality-tiny", "quality_tiny.json")
     assert names["emoji", "s", False] == ("bench-quality-emoji-s", "quality_emoji_s.json")
     assert len({n[0] for n in names.values()}) == len({n[1] for n in names.values()}) == len(names)
+
+
+def test_quality_summary_means_over_seeds_and_takes_the_best_guidance_all_seeds_have():
+    from progflow.bench.quality import _summary
+
+    def run(arm, seed, final, guidance=()):
+        return {"arm": arm, "seed": seed, "train_images_per_s_median": 100.0,
+                "final": [{"cfg": w, "fd": fd, "class_accuracy": 0.5} for w, fd in final.items()],
+                "guidance": [{"cfg": w, "fd": fd} for w, fd in guidance]}
+
+    runs = [run("base", 0, {1.0: 10.0, 2.0: 14.0}, [(1.5, 6.0), (3.0, 30.0)]),
+            run("base", 1, {1.0: 12.0, 2.0: 16.0}, [(1.5, 8.0)]),  # no cfg 3: it cannot be the best
+            run("dfm2", 0, {1.0: 20.0, 2.0: 9.0}, [(3.0, 1.0)]),
+            run("dfm2", 1, {1.0: 24.0, 2.0: 11.0})]
+    out = _summary(runs, [1.0, 2.0])
+    base, dfm = out["base"], out["dfm2"]
+    assert base["seeds"] == [0, 1] and base["fd_cfg1.0"]["mean"] == 11.0 and base["fd_cfg1.0"]["values"] == [10.0, 12.0]
+    assert abs(base["fd_cfg1.0"]["std"] - 2 ** 0.5) < 1e-12  # the sample std of two seeds
+    assert base["fd_by_cfg"] == {"1.0": 11.0, "1.5": 7.0, "2.0": 15.0}  # cfg 3 ran for one seed only
+    assert base["fd_best"] == {"cfg": 1.5, "mean": 7.0}
+    assert dfm["fd_best"] == {"cfg": 2.0, "mean": 10.0}  # not seed 0's lone cfg 3
+    assert dfm["fd_ratio_to_base_cfg1.0"] == 2.0 and dfm["fd_ratio_to_base_cfg2.0"] == 10.0 / 15.0
+    assert dfm["fd_best_ratio_to_base"] == 10.0 / 7.0 and base["fd_best_ratio_to_base"] == 1.0
