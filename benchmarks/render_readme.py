@@ -189,6 +189,12 @@ def _model_size(preset: str) -> tuple[int, int]:
     return cfg.data.channels * cfg.data.image_size ** 2, sum(p.numel() for p in build_model(cfg).parameters())
 
 
+def _seed_mean(diags: list[dict], view: str) -> str:
+    """One diagnostic view's FD: the mean over the seeds, each seed's value in brackets where more than one."""
+    vals = [d["scores"][view]["fd"] for d in diags]
+    return f"{sum(vals) / len(vals):.1f}" + (f" ({', '.join(f'{v:.1f}' for v in vals)})" if len(vals) > 1 else "")
+
+
 def dfm_regimes_table() -> str:
     """DFM's FD over base's in every regime benchmarked, beside its stage diagnostics."""
     rows = []
@@ -210,15 +216,14 @@ def dfm_regimes_table() -> str:
         best = (f"{summ[dfm]['fd_best']['mean'] / summ[base]['fd_best']['mean']:.2f}x (cfg "
                 f"{summ[dfm]['fd_best']['cfg']:g} / {summ[base]['fd_best']['cfg']:g})"
                 if "fd_best" in summ[dfm] and "fd_best" in summ[base] else "-")
-        diag = run.get("diagnose")
-        if diag is None and (name, dfm) in DIAGNOSE_FILES:
-            diag = _load(DIAGNOSE_FILES[name, dfm])
-        if diag is None:
+        diags = [x["diagnose"] for x in r["runs"] if x["arm"] == dfm and x.get("diagnose")]
+        if not diags and (name, dfm) in DIAGNOSE_FILES:
+            diags = [_load(DIAGNOSE_FILES[name, dfm])]
+        if not diags:
             cells = "- | - | -"
         else:
-            fds = {k: v["fd"] for k, v in diag["scores"].items()}
-            cells = (f"{fds['coarse_only']:.1f} | {fds['oracle_clean']:.1f} / {fds['oracle_noised']:.1f} | "
-                     f"{diag['n']}")
+            cells = (f"{_seed_mean(diags, 'coarse_only')} | {_seed_mean(diags, 'oracle_clean')} / "
+                     f"{_seed_mean(diags, 'oracle_noised')} | {diags[0]['n']}")
         rows.append(f"| {label} | `{s['size']}`, {params / 1e6:.2f}M | {values:,} | {seeds} | {fd} | {ratio} | {best} | "
                     f"{pq} | {cells} |")
     if not rows:
@@ -227,7 +232,7 @@ def dfm_regimes_table() -> str:
         "**DFM against base, every regime benchmarked** (from the quality results above; params: the DFM model's; 2-stage DFM with the "
         "paper's defaults, `p_q = [0.9, 0.1]`, and with `p_q = [0.3, 0.7]`; FD at cfg 1 unless marked; "
         "best guidance: over the scales scored, where a guidance sweep ran; equal training FLOPs within a row). Values per image: what the last stage generates. Stage diagnostics "
-        "(`progflow diagnose`, seed 0) score the true coarse stage of test images alone, and with the model's fine "
+        "(`progflow diagnose`; the mean over the DFM arm's seeds, each seed's value in brackets where there are two) score the true coarse stage of test images alone, and with the model's fine "
         "stage generated from it (clean / noised to the sampler's hand-over), on n test images: FD rises as n "
         "falls, so compare them with each other, not with the FD columns.", "",
         "| regime | size, params | values per image | seeds | FD base / DFM | DFM / base, cfg 1 / cfg 2 | "
