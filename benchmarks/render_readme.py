@@ -190,9 +190,10 @@ def _model_size(preset: str) -> tuple[int, int]:
 
 
 def _seed_mean(diags: list[dict], view: str) -> str:
-    """One diagnostic view's FD: the mean over the seeds, each seed's value in brackets where more than one."""
+    """One diagnostic view's FD: the mean over the seeds, each seed's value in brackets where they differ."""
     vals = [d["scores"][view]["fd"] for d in diags]
-    return f"{sum(vals) / len(vals):.1f}" + (f" ({', '.join(f'{v:.1f}' for v in vals)})" if len(vals) > 1 else "")
+    each = [f"{v:.1f}" for v in vals]
+    return f"{sum(vals) / len(vals):.1f}" + (f" ({', '.join(each)})" if len(set(each)) > 1 else "")
 
 
 def dfm_regimes_table() -> str:
