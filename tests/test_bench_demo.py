@@ -176,7 +176,7 @@ def test_quality_results_of_each_dataset_and_size_are_kept_apart():
 
 
 def test_quality_summary_means_over_seeds_and_takes_the_best_guidance_all_seeds_have():
-    from progflow.bench.quality import _summary
+    from progflow.bench.quality_summary import summarize
 
     def run(arm, seed, final, guidance=()):
         return {"arm": arm, "seed": seed, "train_images_per_s_median": 100.0,
@@ -187,7 +187,7 @@ def test_quality_summary_means_over_seeds_and_takes_the_best_guidance_all_seeds_
             run("base", 1, {1.0: 12.0, 2.0: 16.0}, [(1.5, 8.0)]),  # no cfg 3: it cannot be the best
             run("dfm2", 0, {1.0: 20.0, 2.0: 9.0}, [(3.0, 1.0)]),
             run("dfm2", 1, {1.0: 24.0, 2.0: 11.0})]
-    out = _summary(runs, [1.0, 2.0])
+    out = summarize(runs, [1.0, 2.0])
     base, dfm = out["base"], out["dfm2"]
     assert base["seeds"] == [0, 1] and base["fd_cfg1.0"]["mean"] == 11.0 and base["fd_cfg1.0"]["values"] == [10.0, 12.0]
     assert abs(base["fd_cfg1.0"]["std"] - 2 ** 0.5) < 1e-12  # the sample std of two seeds

@@ -50,6 +50,7 @@ from progflow.bench.arms import (ARMS, DATASETS, FINAL_SEED, LATENT_ARMS, SAMPLE
                                  latent_overrides, result_names)
 from progflow.bench.common import logged_train_seconds, result_header, train_steps, write_result
 from progflow.bench.plots import quality_plot
+from progflow.bench.quality_summary import earlier_runs, summarize
 from progflow.errors import ConfigError
 
 
@@ -204,41 +205,6 @@ def step_time_ratio(s: dict, tiny: bool, rounds: int = 6, steps: int = 5) -> dic
     return {"step_s": med, "ratio_to_base": {arm: med[arm] / med["base"] for arm in med}}
 
 
-def _summary(runs: list[dict], cfg_scales) -> dict:
-    out = {}
-    for arm in sorted({r["arm"] for r in runs}):
-        rs = [r for r in runs if r["arm"] == arm]
-        row = {"seeds": [r["seed"] for r in rs], "train_images_per_s": statistics.mean(r["train_images_per_s_median"] for r in rs)}
-        for w in cfg_scales:
-            fds = [f["fd"] for r in rs for f in r["final"] if f["cfg"] == w]
-            accs = [f["class_accuracy"] for r in rs for f in r["final"] if f["cfg"] == w]
-            row[f"fd_cfg{w}"] = {"mean": statistics.mean(fds), "std": statistics.stdev(fds) if len(fds) > 1 else 0.0,
-                                 "values": fds}
-            row[f"class_acc_cfg{w}"] = statistics.mean(accs)
-        timed = [f["n"] / f["sample_s"] for r in rs for f in r["final"] if f["cfg"] == 1.0 and f.get("sample_s")]
-        if timed:  # the timed final sampling at cfg 1 (one process per core while the arms ran)
-            row["sample_images_per_s_cfg1.0"] = statistics.mean(timed)
-        if any(r.get("guidance") for r in rs):  # the best mean FD over every scale all seeds have
-            by_cfg = [{f["cfg"]: f["fd"] for f in [*r["final"], *r.get("guidance", [])]} for r in rs]
-            common = set.intersection(*(set(d) for d in by_cfg))
-            fd_by_cfg = {w: statistics.mean(d[w] for d in by_cfg) for w in sorted(common)}
-            best = min(fd_by_cfg, key=fd_by_cfg.get)
-            row["fd_by_cfg"] = {str(w): v for w, v in fd_by_cfg.items()}
-            row["fd_best"] = {"cfg": best, "mean": fd_by_cfg[best]}
-        for band in ("fd_coarse", "fine_rms_ratio"):  # cfg 1 only
-            vals = [f.get(band) for r in rs for f in r["final"] if f["cfg"] == 1.0]
-            if vals and None not in vals:
-                row[f"{band}_cfg1.0"] = statistics.mean(vals)
-        out[arm] = row
-    if "base" in out:
-        for arm, row in out.items():
-            for w in cfg_scales:
-                row[f"fd_ratio_to_base_cfg{w}"] = row[f"fd_cfg{w}"]["mean"] / out["base"][f"fd_cfg{w}"]["mean"]
-            if "fd_best" in row and "fd_best" in out["base"]:
-                row["fd_best_ratio_to_base"] = row["fd_best"]["mean"] / out["base"]["fd_best"]["mean"]
-    return out
-
-
 def run_timing(args) -> Path:
     s = _settings(args)
     timing = step_time_ratio(s, args.tiny, rounds=11, steps=5)
@@ -270,28 +236,6 @@ def _check_sampler(jobs, s: dict, tiny: bool) -> None:
 
 
 # settings added since earlier results were written
-_SETTING_DEFAULTS = {"solver": "euler", "shift": 1.0, "dataset": "fashion-mnist"}
-
-
-def _earlier_runs(out: Path, s: dict) -> tuple[dict, dict | None]:
-    """Runs recorded in an earlier ``out`` made with the same settings (seeds aside), by
-    ``(arm, seed)``: the collecting step keeps those whose run directory is not on this
-    machine instead of dropping (or retraining) them. Each is marked ``collected_from``.
-    Also that file's step-time measurement (marked the same way), kept when this call
-    does not measure one."""
-    if not out.exists():
-        return {}, None
-    prev = json.loads(out.read_text())
-    ps = {**_SETTING_DEFAULTS, **prev.get("settings", {})}
-    if any(ps.get(k) != v for k, v in s.items() if k != "seeds"):
-        return {}, None
-    source = f"{out} of {prev.get('date', '?')}"
-    timing = prev.get("step_time")
-    if timing:
-        timing = {**timing, "collected_from": timing.get("collected_from", source)}
-    return {(r["arm"], r["seed"]): {**r, "collected_from": r.get("collected_from", source)} for r in prev["runs"]}, timing
-
-
 def _sample_cost(cfg, s: dict) -> dict:
     """GFLOP of sampling one image at the benchmark's NFE and the calls of each network part."""
     from progflow.info import sampling_cost
@@ -401,7 +345,7 @@ def run_quality(args) -> Path:
     band_ref = reference_images(s["dataset"], args.data_dir)[0]
     header = {**result_header(args.seed), "benchmark": "quality", "settings": s}
     print(f"quality benchmark: {s}", flush=True)
-    earlier, timing = _earlier_runs(out, s)
+    earlier, timing = earlier_runs(out, s)
     runs = {}
     autoencoders = {ae: json.loads((root / ae / AE_RESULT).read_text()) for ae in {v[1] for v in LATENT_ARMS.values()}
                     if (root / ae / AE_RESULT).exists()}  # trained by an earlier or a parallel call
@@ -428,16 +372,13 @@ def run_quality(args) -> Path:
                 runs[run]["guidance"] = guidance
         done = [runs[r] for r in sorted(runs)]
         write_result({**header, "step_time": timing, "autoencoders": autoencoders, "runs": done,
-                      "summary": _summary(done, s["cfg_scales"])}, out)
+                      "summary": summarize(done, s["cfg_scales"])}, out)
     if args.arms is None and not args.collect:  # the whole benchmark: time the step with the CPU to itself
         timing = step_time_ratio(s, tiny)
         print(f"step time ratio to base: {timing['ratio_to_base']}", flush=True)
     done = [runs[r] for r in sorted(runs)]
-    summary = _summary(done, s["cfg_scales"])
+    summary = summarize(done, s["cfg_scales"])
     for arm, row in summary.items():  # counted FLOPs of sampling one image (cfg 1), as `progflow info`
-        diags = [r["diagnose"]["scores"] for r in done if r["arm"] == arm and r.get("diagnose")]
-        if diags:  # stage diagnostics, mean over the seeds that have them
-            row["diagnose_fd"] = {k: statistics.mean(d[k]["fd"] for d in diags) for k in diags[0]}
         cfg = _config(*defined[arm], s["seeds"][0], s, tiny) if arm in (defined := {**ARMS, **TRAIN_ABLATIONS, **{a: (v[0], {}) for a, v in LATENT_ARMS.items()}}) else None
         if cfg is not None and not getattr(cfg.method, "standardize", False):  # (that needs the data's stage std)
             row["sample_cost"] = _sample_cost(cfg, s)
